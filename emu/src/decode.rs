@@ -1077,7 +1077,7 @@ impl<'a> Dec<'a> {
                     Op::Bin { d, a, b, f }
                 }
             }
-            "mad" | "fma" | "bfe" | "prmt" | "mad24" => {
+            "mad" | "fma" | "bfe" | "prmt" | "mad24" | "shf" => {
                 nops(4)?;
                 if md.has("cc") || md.has("relu") {
                     return Err(unsup());
@@ -1795,6 +1795,21 @@ fn tern_fn(md: &Mods, ty: &str) -> Option<F3> {
             _ => None,
         },
         "prmt" => Some(prmt),
+        "shf" => {
+            let f: F3 = match (md.has("l"), md.has("clamp")) {
+                (true, false) => |a, b, c| (((b << 32) | (a & 0xffff_ffff)) << (c & 31)) >> 32 & 0xffff_ffff,
+                (true, true) => |a, b, c| {
+                    let n = (c as u32).min(32);
+                    (((b << 32) | (a & 0xffff_ffff)) << n >> 32) & 0xffff_ffff
+                },
+                (false, false) => |a, b, c| (((b << 32) | (a & 0xffff_ffff)) >> (c & 31)) & 0xffff_ffff,
+                (false, true) => |a, b, c| {
+                    let n = (c as u32).min(32);
+                    (((b << 32) | (a & 0xffff_ffff)) >> n) & 0xffff_ffff
+                },
+            };
+            Some(f)
+        }
         _ => None,
     }
 }
