@@ -870,7 +870,12 @@ impl Parser {
         let mut operands = Vec::new();
         if !self.is_p(';') {
             loop {
-                operands.push(self.operand()?);
+                let o = self.operand().map_err(|e| {
+                    let why = e.to_string();
+                    let why = why.split(": ").last().unwrap_or("").to_string();
+                    err(line, format!("unsupported instruction {opcode}: cannot read its operands ({why})"))
+                })?;
+                operands.push(o);
                 if self.is_p(',') {
                     self.i += 1;
                     continue;

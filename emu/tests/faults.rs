@@ -1,0 +1,154 @@
+//! Faults, the watchdog, refused PTX and launch-configuration errors.
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+#[test]
+fn out_of_bounds_is_illegal_address() {
+    let m = mem();
+    let md = load(&m, "nvrtc_faults.ptx");
+    let p = zeros(&m, 1024);
+    // in bounds first
+    run(&md, "oob_write", cfg1(1, 32), &Args::new().u64(p).i64(0), &m);
+    let e = launch(&md, "oob_write", &cfg1(4, 64), &Args::new().u64(p).i64(200).0, &m, &opts(2)).unwrap_err();
+    assert!(matches!(e, EmuError::IllegalAddress(_)), "{e}");
+    assert_eq!(e.cuda_code(), 700);
+    let e = launch(&md, "oob_write", &cfg1(1, 1), &Args::new().u64(0).i64(0).0, &m, &opts(1)).unwrap_err();
+    assert_eq!(e.cuda_code(), 700);
+    // memory still usable afterwards, a later launch works
+    run(&md, "oob_write", cfg1(1, 32), &Args::new().u64(p).i64(10), &m);
+}
+
+#[test]
+fn misaligned_access() {
+    let m = mem();
+    let md = load(&m, "nvrtc_faults.ptx");
+    let p = zeros(&m, 64);
+    let e = launch(&md, "misaligned", &cfg1(1, 1), &Args::new().u64(p).0, &m, &opts(1)).unwrap_err();
+    assert!(matches!(e, EmuError::MisalignedAddress(_)), "{e}");
+    assert_eq!(e.cuda_code(), 716);
+}
+
+#[test]
+fn infinite_loop_stopped_by_watchdog() {
+    let m = mem();
+    let md = load(&m, "nvrtc_faults.ptx");
+    let flag = zeros(&m, 4);
+    let o = ExecOptions { worker_threads: 2, watchdog: Duration::from_millis(300) };
+    let t = Instant::now();
+    let e = launch(&md, "spin", &cfg1(8, 64), &Args::new().u64(flag).0, &m, &o).unwrap_err();
+    assert!(matches!(e, EmuError::Timeout(_)), "{e}");
+    assert_eq!(e.cuda_code(), 702);
+    assert!(t.elapsed() < Duration::from_secs(5));
+    // with the flag set it finishes
+    m.write(flag, &1i32.to_le_bytes()).unwrap();
+    launch(&md, "spin", &cfg1(8, 64), &Args::new().u64(flag).0, &m, &o).unwrap();
+}
+
+#[test]
+fn trap_and_assert() {
+    let m = mem();
+    let md = load(&m, "nvrtc_faults.ptx");
+    let e = launch(&md, "trapper", &cfg1(2, 64), &Args::new().i32(40).0, &m, &opts(2)).unwrap_err();
+    assert!(matches!(e, EmuError::Trap(_)), "{e}");
+    assert_eq!(e.cuda_code(), 719);
+    run(&md, "trapper", cfg1(2, 64), &Args::new().i32(100), &m);
+    run(&md, "asserter", cfg1(1, 32), &Args::new().i32(3), &m);
+    let e = launch(&md, "asserter", &cfg1(1, 32), &Args::new().i32(30).0, &m, &opts(1)).unwrap_err();
+    assert_eq!(e.cuda_code(), 710, "{e}");
+    assert!(e.to_string().contains("v < 10"), "{e}");
+}
+
+const UNSUPPORTED: &str = r#"
+.version 8.0
+.target sm_80
+.address_size 64
+.visible .entry k(.param .u64 p)
+{
+    .reg .b32 %r<4>;
+    mov.u32 %r1, 1;
+    tex.1d.v4.s32.s32 {%r1, %r2, %r3, %r3}, [tex, {%r1}];
+    ret;
+}
+"#;
+
+#[test]
+fn unsupported_instruction_refused_at_load() {
+    let m = mem();
+    let e = Module::load(UNSUPPORTED.as_bytes(), &m).unwrap_err();
+    assert_eq!(e.cuda_code(), 218);
+    let s = e.to_string();
+    assert!(s.contains("tex.1d.v4.s32.s32") && s.contains("line 9"), "{s}");
+    assert_eq!(m.used(), 0);
+}
+
+#[test]
+fn binary_images_refused() {
+    let m = mem();
+    let e = Module::load(b"\x7fELF\x02\x01\x01rest", &m).unwrap_err();
+    assert_eq!(e.cuda_code(), 218);
+    assert!(e.to_string().contains("cubin"));
+    assert!(Module::load(&[0x50, 0xed, 0x55, 0xba, 1, 0], &m).is_err());
+    assert!(Module::load(b"hello world", &m).is_err());
+    let mut ptx = fixture("nvrtc_saxpy.ptx");
+    ptx.push(0);
+    assert!(Module::load(&ptx, &m).is_ok());
+}
+
+#[test]
+fn launch_configuration_errors() {
+    let m = mem();
+    let md = load(&m, "nvrtc_saxpy.ptx");
+    let a = Args::new().i32(0).f32(0.0).u64(0).u64(0);
+    let l = |c: LaunchConfig| launch(&md, "saxpy", &c, &a.0, &m, &opts(1));
+    assert_eq!(l(cfg([0, 1, 1], [32, 1, 1], 0)).unwrap_err().cuda_code(), 1);
+    assert_eq!(l(cfg([1, 1, 1], [2048, 1, 1], 0)).unwrap_err().cuda_code(), 1);
+    assert_eq!(l(cfg([1, 1, 1], [32, 32, 2], 0)).unwrap_err().cuda_code(), 701);
+    assert_eq!(l(cfg([1, 70000, 1], [32, 1, 1], 0)).unwrap_err().cuda_code(), 1);
+    assert_eq!(l(cfg([1, 1, 1], [32, 1, 1], 49 * 1024)).unwrap_err().cuda_code(), 701);
+    md.set_max_dynamic_shared("saxpy", 100 * 1024).unwrap();
+    assert!(l(cfg([1, 1, 1], [32, 1, 1], 99 * 1024)).is_ok());
+    assert!(launch(&md, "saxpy", &cfg1(1, 1), &[0u8; 8], &m, &opts(1)).is_err());
+    assert_eq!(launch(&md, "nope", &cfg1(1, 1), &a.0, &m, &opts(1)).unwrap_err().cuda_code(), 500);
+}
+
+#[test]
+fn concurrent_launches_share_memory() {
+    let m = mem();
+    let md = std::sync::Arc::new(load(&m, "nvrtc_saxpy.ptx"));
+    let n = 4096usize;
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (m, md) = (m.clone(), md.clone());
+            s.spawn(move || {
+                let x: Vec<f32> = (0..n).map(|i| (i + t) as f32).collect();
+                let (px, py) = (up_f32(&m, &x), zeros(&m, 4 * n as u64));
+                for _ in 0..5 {
+                    let a = Args::new().i32(n as i32).f32(1.0).u64(px).u64(py);
+                    launch(&md, "saxpy", &cfg1(16, 256), &a.0, &m, &opts(2)).unwrap();
+                }
+                let y = down_f32(&m, py, n);
+                assert!(y.iter().enumerate().all(|(i, &v)| v == 5.0 * (i + t) as f32));
+            });
+        }
+    });
+}
+
+#[test]
+fn every_fixture_loads() {
+    let m = mem();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "ptx") {
+            let md = Module::load(&std::fs::read(&p).unwrap(), &m).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            assert!(!md.kernel_names().is_empty());
+            md.unload(&m);
+            n += 1;
+        }
+    }
+    assert!(n >= 19);
+    assert_eq!(m.used(), 0);
+}
