@@ -587,25 +587,26 @@ impl<'a> Dec<'a> {
                     }
                 }
                 Stmt::Var(v) => {
-                    let sym =
-                        match v.space {
-                            DeclSpace::Local | DeclSpace::Param => {
-                                Sym::Frame(self.frame_alloc(v.size() as u32, v.align))
-                            }
-                            DeclSpace::Shared => Sym::Shared(
-                                *self
-                                    .func_shared
-                                    .get(&(f.name.clone(), v.name.clone()))
-                                    .unwrap_or(&self.dyn_off),
-                            ),
-                            _ => return Err(perr(
+                    let sym = match v.space {
+                        DeclSpace::Local | DeclSpace::Param => {
+                            Sym::Frame(self.frame_alloc(v.size() as u32, v.align))
+                        }
+                        DeclSpace::Shared => Sym::Shared(
+                            *self
+                                .func_shared
+                                .get(&(f.name.clone(), v.name.clone()))
+                                .unwrap_or(&self.dyn_off),
+                        ),
+                        _ => {
+                            return Err(perr(
                                 v.line,
                                 format!(
                                     "function-scope .global/.const variable {} is not supported",
                                     v.name
                                 ),
-                            )),
-                        };
+                            ))
+                        }
+                    };
                     fr.scopes.last_mut().unwrap().insert(v.name.clone(), sym);
                 }
                 Stmt::Label(l) => {
@@ -1516,7 +1517,7 @@ impl<'a> Dec<'a> {
                 format!("call to {fname}, which has no body in this module (not supported)"),
             )
         })?;
-        if self.stack.iter().any(|s| *s == fname) {
+        if self.stack.contains(&fname) {
             return Err(perr(
                 line,
                 format!("recursive call to {fname} is not supported"),
@@ -1797,12 +1798,16 @@ fn tern_fn(md: &Mods, ty: &str) -> Option<F3> {
         "prmt" => Some(prmt),
         "shf" => {
             let f: F3 = match (md.has("l"), md.has("clamp")) {
-                (true, false) => |a, b, c| (((b << 32) | (a & 0xffff_ffff)) << (c & 31)) >> 32 & 0xffff_ffff,
+                (true, false) => {
+                    |a, b, c| (((b << 32) | (a & 0xffff_ffff)) << (c & 31)) >> 32 & 0xffff_ffff
+                }
                 (true, true) => |a, b, c| {
                     let n = (c as u32).min(32);
                     (((b << 32) | (a & 0xffff_ffff)) << n >> 32) & 0xffff_ffff
                 },
-                (false, false) => |a, b, c| (((b << 32) | (a & 0xffff_ffff)) >> (c & 31)) & 0xffff_ffff,
+                (false, false) => {
+                    |a, b, c| (((b << 32) | (a & 0xffff_ffff)) >> (c & 31)) & 0xffff_ffff
+                }
                 (false, true) => |a, b, c| {
                     let n = (c as u32).min(32);
                     (((b << 32) | (a & 0xffff_ffff)) >> n) & 0xffff_ffff

@@ -503,7 +503,6 @@ struct Mem<'c, 'a> {
 impl Mem<'_, '_> {
     fn resolve(
         &self,
-        w: &Warp,
         sp: Space,
         addr: u64,
         size: u64,
@@ -512,18 +511,18 @@ impl Mem<'_, '_> {
     ) -> Result<Target, EmuError> {
         let sp = if sp == Space::Generic {
             if (SHARED_WIN..SHARED_WIN + WIN_SIZE).contains(&addr) {
-                return self.resolve(w, Space::Shared, addr - SHARED_WIN, size, lane, line);
+                return self.resolve(Space::Shared, addr - SHARED_WIN, size, lane, line);
             } else if (LOCAL_WIN..LOCAL_WIN + WIN_SIZE).contains(&addr) {
-                return self.resolve(w, Space::Local, addr - LOCAL_WIN, size, lane, line);
+                return self.resolve(Space::Local, addr - LOCAL_WIN, size, lane, line);
             } else if (PARAM_WIN..PARAM_WIN + WIN_SIZE).contains(&addr) {
-                return self.resolve(w, Space::KParam, addr - PARAM_WIN, size, lane, line);
+                return self.resolve(Space::KParam, addr - PARAM_WIN, size, lane, line);
             } else {
                 Space::Global
             }
         } else {
             sp
         };
-        if addr % size != 0 {
+        if !addr.is_multiple_of(size) {
             return Err(EmuError::MisalignedAddress(format!(
                 "{}-byte access at {addr:#x} ({sp:?} space) in kernel {} line {line}",
                 size, self.ctx.prog.name
@@ -592,7 +591,7 @@ impl Mem<'_, '_> {
         line: u32,
     ) -> Result<u64, EmuError> {
         if sp == Space::Global {
-            if addr % size as u64 != 0 {
+            if !addr.is_multiple_of(size as u64) {
                 return Err(EmuError::MisalignedAddress(format!(
                     "{size}-byte load at {addr:#x} in kernel {} line {line}",
                     self.ctx.prog.name
@@ -601,7 +600,7 @@ impl Mem<'_, '_> {
             let a = self.global(w, addr, size as u64, line)?;
             return Ok(a.load(addr - a.base, size as u32));
         }
-        Ok(match self.resolve(w, sp, addr, size as u64, lane, line)? {
+        Ok(match self.resolve(sp, addr, size as u64, lane, line)? {
             Target::Global(g) => {
                 let a = self.global(w, g, size as u64, line)?;
                 a.load(g - a.base, size as u32)
@@ -612,6 +611,7 @@ impl Mem<'_, '_> {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn store(
         &mut self,
         w: &mut Warp,
@@ -623,7 +623,7 @@ impl Mem<'_, '_> {
         line: u32,
     ) -> Result<(), EmuError> {
         if sp == Space::Global {
-            if addr % size as u64 != 0 {
+            if !addr.is_multiple_of(size as u64) {
                 return Err(EmuError::MisalignedAddress(format!(
                     "{size}-byte store at {addr:#x} in kernel {} line {line}",
                     self.ctx.prog.name
@@ -633,7 +633,7 @@ impl Mem<'_, '_> {
             a.store(addr - a.base, size as u32, v);
             return Ok(());
         }
-        match self.resolve(w, sp, addr, size as u64, lane, line)? {
+        match self.resolve(sp, addr, size as u64, lane, line)? {
             Target::Global(g) => {
                 let a = self.global(w, g, size as u64, line)?;
                 a.store(g - a.base, size as u32, v);
@@ -666,7 +666,7 @@ impl Mem<'_, '_> {
         } else {
             (1u64 << (size * 8)) - 1
         };
-        match self.resolve(w, sp, addr, size as u64, lane, line)? {
+        match self.resolve(sp, addr, size as u64, lane, line)? {
             Target::Global(g) => {
                 let a = self.global(w, g, size as u64, line)?;
                 Ok(a.rmw(g - a.base, size as u32, f))
@@ -931,7 +931,7 @@ fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
                             ))),
                         );
                     }
-                    for k in 0..n as usize {
+                    for (k, &dk) in d.iter().enumerate().take(n as usize) {
                         let mut x = match mem.load(
                             w,
                             sp,
@@ -946,7 +946,7 @@ fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
                         if sext != 0 && sext < 64 {
                             x = ((((x << (64 - sext)) as i64) >> (64 - sext)) as u64) & dm;
                         }
-                        w.regs[d[k] as usize * 32 + l] = x;
+                        w.regs[dk as usize * 32 + l] = x;
                     }
                 })
             }
@@ -1106,7 +1106,7 @@ fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
             Op::Vote { mode, d, a } => {
                 let pv = w.pval(a) & mask;
                 match mode {
-                    0 | 1 | 2 => {
+                    0..=2 => {
                         let r = match mode {
                             0 => pv == mask,
                             1 => pv != 0,

@@ -409,7 +409,7 @@ impl DeviceMemory {
                 "memset pattern of {psz} bytes"
             )));
         }
-        if addr % psz != 0 {
+        if !addr.is_multiple_of(psz) {
             return Err(EmuError::InvalidValue(format!(
                 "memset address {addr:#x} not aligned to {psz}"
             )));

@@ -609,10 +609,10 @@ fcmp!(fgt, x, y, x > y);
 fcmp!(fge, x, y, x >= y);
 fcmp!(fequ, x, y, x == y || x.is_nan() || y.is_nan());
 fcmp!(fneu, x, y, x != y);
-fcmp!(fltu, x, y, !(x >= y));
-fcmp!(fleu, x, y, !(x > y));
-fcmp!(fgtu, x, y, !(x <= y));
-fcmp!(fgeu, x, y, !(x < y));
+fcmp!(fltu, x, y, x < y || x.is_nan() || y.is_nan());
+fcmp!(fleu, x, y, x <= y || x.is_nan() || y.is_nan());
+fcmp!(fgtu, x, y, x > y || x.is_nan() || y.is_nan());
+fcmp!(fgeu, x, y, x >= y || x.is_nan() || y.is_nan());
 fcmp!(fnum, x, y, !x.is_nan() && !y.is_nan());
 fcmp!(fnan, x, y, x.is_nan() || y.is_nan());
 
@@ -759,7 +759,7 @@ pub fn cvt(a: u64, s: &CvtSpec) -> u64 {
             };
             let sv = ((a << (64 - b)) as i64) >> (64 - b);
             let uv = if b >= 64 { a } else { a & ((1u64 << b) - 1) };
-            let r = match s.dst {
+            match s.dst {
                 NumTy::F32 => {
                     let f = if signed { sv as f32 } else { uv as f32 };
                     let f = if s.sat { f.clamp(0.0, 1.0) } else { f };
@@ -778,8 +778,7 @@ pub fn cvt(a: u64, s: &CvtSpec) -> u64 {
                     let f = if signed { sv as f32 } else { uv as f32 };
                     bf16::from_f32(if s.sat { f.clamp(0.0, 1.0) } else { f }).to_bits() as u64
                 }
-            };
-            r
+            }
         }
         (true, true) => {
             let mut x = src_f64(a, s.src);

@@ -681,10 +681,10 @@ impl Parser {
     fn dim3(&mut self) -> Result<[u32; 3], EmuError> {
         let mut d = [1u32; 3];
         d[0] = self.int()? as u32;
-        for k in 1..3 {
+        for dk in d.iter_mut().skip(1) {
             if self.is_p(',') {
                 self.i += 1;
-                d[k] = self.int()? as u32;
+                *dk = self.int()? as u32;
             }
         }
         Ok(d)
@@ -873,7 +873,12 @@ impl Parser {
                 let o = self.operand().map_err(|e| {
                     let why = e.to_string();
                     let why = why.split(": ").last().unwrap_or("").to_string();
-                    err(line, format!("unsupported instruction {opcode}: cannot read its operands ({why})"))
+                    err(
+                        line,
+                        format!(
+                            "unsupported instruction {opcode}: cannot read its operands ({why})"
+                        ),
+                    )
                 })?;
                 operands.push(o);
                 if self.is_p(',') {
