@@ -77,6 +77,28 @@ pub fn shim_path() -> PathBuf {
     built("libcuda.so")
 }
 
+/// `target/<profile>/e2e/<kind>-<pid>`, for this test process; directories of
+/// earlier test processes that are gone are removed on the way.
+fn process_dir(kind: &str) -> PathBuf {
+    let base = profile_dir().join("e2e");
+    let prefix = format!("{kind}-");
+    for entry in fs::read_dir(&base).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(&prefix)
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+    let dir = base.join(format!("{prefix}{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    dir
+}
+
 /// Replaces (or creates) a symlink atomically.
 fn symlink_force(target: &Path, link: &Path) {
     let tmp = link.with_extension(format!("tmp{}", std::process::id()));
@@ -92,10 +114,7 @@ pub fn shim_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let shim = shim_path();
-        let dir = profile_dir()
-            .join("e2e")
-            .join(format!("shim-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        let dir = process_dir("shim");
         symlink_force(&shim, &dir.join("libcuda.so.1"));
         symlink_force(&shim, &dir.join("libcuda.so"));
         dir
@@ -351,10 +370,7 @@ impl Client {
         );
         let src = clients_dir().join(source);
         assert!(src.is_file(), "{} does not exist", src.display());
-        let out_dir = profile_dir()
-            .join("e2e")
-            .join(format!("clients-{}", std::process::id()));
-        fs::create_dir_all(&out_dir).expect("creating the client build dir");
+        let out_dir = process_dir("clients");
         let stem = Path::new(source)
             .file_stem()
             .expect("source has a name")
