@@ -236,15 +236,26 @@ fn wrong_ca() {
     assert_all_passed("driver_api.c after a refused client", &out, &server);
 }
 
+/// What a raw QUIC client saw.
+#[derive(Debug)]
+enum Probe {
+    /// Connected, and still open after the hold time.
+    Open,
+    /// Connected, then closed by the server's application (past TLS).
+    AppClosed(String),
+    /// Refused: the handshake failed or the connection was closed at the
+    /// transport/TLS level (a TLS alert is a QUIC CRYPTO_ERROR close).
+    Refused(String),
+}
+
 /// Connects with a raw quinn client that trusts the pool CA and presents
-/// `client_cert` (or nothing). Ok when the connection is up and still open
-/// after `hold`; Err with the reason when it could not connect or was closed.
+/// `client_cert` (or nothing), then watches the connection for `hold`.
 fn quinn_probe(
     addr: SocketAddr,
     certs: &Path,
     client_cert: Option<(&Path, &Path)>,
     hold: Duration,
-) -> Result<(), String> {
+) -> Probe {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -281,27 +292,30 @@ fn quinn_probe(
         config.transport_config(Arc::new(transport));
         let endpoint =
             quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("client endpoint");
-        let result = async {
-            let connecting = endpoint
-                .connect_with(config, addr, "localhost")
-                .map_err(|e| format!("connect: {e}"))?;
-            let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
-                .await
-                .map_err(|_| "handshake timed out".to_string())?
-                .map_err(|e| format!("handshake: {e}"))?;
+        let probe = async {
+            let connecting = match endpoint.connect_with(config, addr, "localhost") {
+                Ok(c) => c,
+                Err(e) => return Probe::Refused(format!("connect: {e}")),
+            };
+            let conn = match tokio::time::timeout(Duration::from_secs(10), connecting).await {
+                Err(_) => return Probe::Refused("handshake timed out".into()),
+                Ok(Err(e)) => return Probe::Refused(format!("handshake: {e}")),
+                Ok(Ok(conn)) => conn,
+            };
             // With TLS 1.3 the server checks the client certificate after the
             // client has finished its side: a refusal shows up as a close.
             match tokio::time::timeout(hold, conn.closed()).await {
-                Ok(reason) => Err(format!("closed by the server: {reason}")),
+                Ok(quinn::ConnectionError::ApplicationClosed(c)) => Probe::AppClosed(c.to_string()),
+                Ok(reason) => Probe::Refused(format!("closed by the server: {reason}")),
                 Err(_) => {
                     conn.close(0u32.into(), b"probe done");
-                    Ok(())
+                    Probe::Open
                 }
             }
         }
         .await;
         endpoint.wait_idle().await;
-        result
+        probe
     })
 }
 
@@ -309,21 +323,32 @@ fn quinn_probe(
 fn no_client_certificate() {
     let server = Server::start(&[]);
     let certs = server.certs_dir().to_path_buf();
-    let err = quinn_probe(server.addr(), &certs, None, Duration::from_secs(5))
-        .expect_err("a connection without a client certificate was accepted");
-    eprintln!("refused as expected: {err}");
+    match quinn_probe(server.addr(), &certs, None, Duration::from_secs(5)) {
+        Probe::Refused(why) => eprintln!("refused as expected: {why}"),
+        other => panic!(
+            "a connection without a client certificate was not refused by TLS: {other:?}\n{}",
+            server.log()
+        ),
+    }
     assert!(server.is_running(), "the server died\n{}", server.log());
 
-    // The same probe with the tenant certificate stays connected...
+    // The same probe with the tenant certificate gets past TLS...
     let cert = cuwire_certs::tenant_pem(&certs, "dev");
     let key = cuwire_certs::tenant_key(&certs, "dev");
-    quinn_probe(
+    let good = quinn_probe(
         server.addr(),
         &certs,
         Some((&cert, &key)),
         Duration::from_millis(1500),
-    )
-    .unwrap_or_else(|e| panic!("a good client was refused: {e}\n{}", server.log()));
+    );
+    if let Probe::AppClosed(why) = &good {
+        eprintln!("the server closed the silent probe after TLS: {why}");
+    }
+    assert!(
+        !matches!(good, Probe::Refused(_)),
+        "a good client was refused: {good:?}\n{}",
+        server.log()
+    );
 
     // ...and a real client still gets served.
     if c_clients_available() {
