@@ -271,7 +271,9 @@ struct Warp {
     waiting_min: u32,
     id: u32,
     state: WState,
-    cache: Option<Arc<Allocation>>,
+    /// The last few allocations this warp touched (saxpy alone alternates between two).
+    cache: [Option<Arc<Allocation>>; 4],
+    cache_next: usize,
     count: u64,
 }
 
@@ -289,7 +291,8 @@ impl Warp {
             waiting_min: u32::MAX,
             id,
             state: WState::Done,
-            cache: None,
+            cache: Default::default(),
+            cache_next: 0,
             count: 0,
         }
     }
@@ -566,10 +569,20 @@ impl Mem<'_, '_> {
         size: u64,
         line: u32,
     ) -> Result<&'w Allocation, EmuError> {
-        let hit = matches!(&w.cache, Some(a) if a.contains(addr, size));
-        if !hit {
+        let mut hit = usize::MAX;
+        for (i, c) in w.cache.iter().enumerate() {
+            if matches!(c, Some(a) if a.contains(addr, size)) {
+                hit = i;
+                break;
+            }
+        }
+        if hit == usize::MAX {
             match self.ctx.mem.find(addr) {
-                Some(a) if a.contains(addr, size) => w.cache = Some(a),
+                Some(a) if a.contains(addr, size) => {
+                    hit = w.cache_next;
+                    w.cache[hit] = Some(a);
+                    w.cache_next = (hit + 1) % w.cache.len();
+                }
                 _ => {
                     return Err(EmuError::IllegalAddress(format!(
                         "{size}-byte global access at {addr:#x} outside any allocation in kernel {} line {line}",
@@ -578,7 +591,7 @@ impl Mem<'_, '_> {
                 }
             }
         }
-        Ok(w.cache.as_deref().expect("cached"))
+        Ok(w.cache[hit].as_deref().expect("cached"))
     }
 
     fn load(
@@ -915,6 +928,10 @@ fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
                     (1u64 << dbits) - 1
                 };
                 let base = a.base;
+                if n == 1 && sext == 0 && fast_load(w, &mem, sp, a, d[0], size, mask) {
+                    w.pc += 1;
+                    continue;
+                }
                 each_lane!(mask, l, {
                     let addr = match base {
                         Some(r) => w.regs[r as usize * 32 + l],
@@ -952,6 +969,10 @@ fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
             }
             Op::St { sp, s, n, size, a } => {
                 let base = a.base;
+                if n == 1 && fast_store(w, &mut mem, sp, a, s[0], size, mask) {
+                    w.pc += 1;
+                    continue;
+                }
                 each_lane!(mask, l, {
                     let addr = match base {
                         Some(r) => w.regs[r as usize * 32 + l],
@@ -1225,6 +1246,153 @@ fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
         w.pc += 1;
     };
     finish(w, count, result)
+}
+
+/// Finds the allocation holding `[addr, addr+size)` through the warp's small cache.
+#[inline(always)]
+fn cached<'c>(
+    cache: &'c mut [Option<Arc<Allocation>>; 4],
+    next: &mut usize,
+    mem: &DeviceMemory,
+    addr: u64,
+    size: u64,
+) -> Option<&'c Allocation> {
+    let mut hit = usize::MAX;
+    for (i, c) in cache.iter().enumerate() {
+        if matches!(c, Some(a) if a.contains(addr, size)) {
+            hit = i;
+            break;
+        }
+    }
+    if hit == usize::MAX {
+        let a = mem.find(addr)?;
+        if !a.contains(addr, size) {
+            return None;
+        }
+        hit = *next;
+        cache[hit] = Some(a);
+        *next = (hit + 1) % cache.len();
+    }
+    cache[hit].as_deref()
+}
+
+/// Scalar loads from shared or global memory without faults: the common case, done
+/// without per-lane dispatch. Returns false (having changed nothing that matters) when
+/// the slow path must run, e.g. to report a fault.
+#[inline(always)]
+fn fast_load(w: &mut Warp, mem: &Mem, sp: Space, a: Addr, d: u32, size: u8, mask: u32) -> bool {
+    let Warp { regs, cache, cache_next, .. } = w;
+    let d = d as usize * 32;
+    let sz = size as u64;
+    // results go to a scratch array first: the destination may be the address register,
+    // and the slow path re-runs every lane if one faults
+    let mut tmp = [0u64; 32];
+    let ok = match sp {
+        Space::Shared => {
+            let sh = &*mem.shared;
+            let mut ok = true;
+            each_lane!(mask, l, {
+                let addr = match a.base {
+                    Some(r) => regs[r as usize * 32 + l],
+                    None => 0,
+                }
+                .wrapping_add(a.off as u64);
+                if addr % sz != 0 || addr.saturating_add(sz) > sh.len() as u64 {
+                    ok = false;
+                    break;
+                }
+                tmp[l] = load_bytes(sh, addr as usize, size);
+            });
+            ok
+        }
+        Space::Global => {
+            let mut ok = true;
+            each_lane!(mask, l, {
+                let addr = match a.base {
+                    Some(r) => regs[r as usize * 32 + l],
+                    None => 0,
+                }
+                .wrapping_add(a.off as u64);
+                if addr % sz != 0 {
+                    ok = false;
+                    break;
+                }
+                match cached(cache, cache_next, mem.ctx.mem, addr, sz) {
+                    Some(al) => tmp[l] = al.load(addr - al.base, size as u32),
+                    None => {
+                        ok = false;
+                        break;
+                    }
+                }
+            });
+            ok
+        }
+        _ => false,
+    };
+    if ok {
+        each_lane!(mask, l, {
+            regs[d + l] = tmp[l];
+        });
+    }
+    ok
+}
+
+/// Scalar stores to shared or global memory; false when the slow path must run (a
+/// fault). Lanes stored before the fault are stored again by the slow path (same values).
+#[inline(always)]
+fn fast_store(w: &mut Warp, mem: &mut Mem, sp: Space, a: Addr, s: Src, size: u8, mask: u32) -> bool {
+    if matches!(s, Src::S(_)) {
+        return false;
+    }
+    let Warp { regs, cache, cache_next, .. } = w;
+    let sz = size as u64;
+    let val = |regs: &[u64], l: usize| match s {
+        Src::R(r) => regs[r as usize * 32 + l],
+        Src::I(x) => x,
+        Src::S(_) => 0,
+    };
+    match sp {
+        Space::Shared => {
+            let len = mem.shared.len() as u64;
+            let mut ok = true;
+            each_lane!(mask, l, {
+                let addr = match a.base {
+                    Some(r) => regs[r as usize * 32 + l],
+                    None => 0,
+                }
+                .wrapping_add(a.off as u64);
+                if addr % sz != 0 || addr.saturating_add(sz) > len {
+                    ok = false;
+                    break;
+                }
+                store_bytes(mem.shared, addr as usize, size, val(regs, l));
+            });
+            ok
+        }
+        Space::Global => {
+            let mut ok = true;
+            each_lane!(mask, l, {
+                let addr = match a.base {
+                    Some(r) => regs[r as usize * 32 + l],
+                    None => 0,
+                }
+                .wrapping_add(a.off as u64);
+                if addr % sz != 0 {
+                    ok = false;
+                    break;
+                }
+                match cached(cache, cache_next, mem.ctx.mem, addr, sz) {
+                    Some(al) => al.store(addr - al.base, size as u32, val(regs, l)),
+                    None => {
+                        ok = false;
+                        break;
+                    }
+                }
+            });
+            ok
+        }
+        _ => false,
+    }
 }
 
 #[inline(always)]
