@@ -16,12 +16,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SanType,
 };
 use time::{Duration, OffsetDateTime};
 
-/// Subject CN of the pool CA.
+/// Subject CN of the pool CA, followed by an id taken from the CA's public
+/// key, so that two pools' CAs never share a name (a certificate of another
+/// pool is then refused as coming from an unknown CA, not as a bad signature).
 pub const CA_COMMON_NAME: &str = "cuwire pool CA";
 /// Subject CN of the server certificate.
 pub const SERVER_COMMON_NAME: &str = "cuwired";
@@ -94,10 +96,7 @@ pub fn validate_tenant_name(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > 64 {
         bail!("invalid tenant name {name:?}: must be 1 to 64 characters long");
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    {
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
         bail!(
             "invalid tenant name {name:?}: character {c:?} not allowed \
              (use letters, digits, '-', '_', '.')"
@@ -142,10 +141,8 @@ fn init_with(dir: &Path, names: &[String], force: bool) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
 
     let key = KeyPair::generate().context("generating the CA key")?;
-    let params = ca_params();
-    let cert = params
-        .self_signed(&key)
-        .context("signing the CA certificate")?;
+    let params = ca_params(&key);
+    let cert = params.self_signed(&key).context("signing the CA certificate")?;
     write_private(&ca_key, &key.serialize_pem())?;
     write_public(&ca_pem, &cert.pem())?;
 
@@ -177,9 +174,7 @@ pub fn tenant(dir: &Path, name: &str) -> Result<()> {
     set_validity(&mut params, LEAF_VALIDITY_DAYS);
 
     let key = KeyPair::generate().context("generating the tenant key")?;
-    let cert = params
-        .signed_by(&key, &issuer)
-        .context("signing the tenant certificate")?;
+    let cert = params.signed_by(&key, &issuer).context("signing the tenant certificate")?;
     let tenants = Paths::tenants_dir(dir);
     fs::create_dir_all(&tenants).with_context(|| format!("creating {}", tenants.display()))?;
     write_private(&Paths::tenant_key(dir, name), &key.serialize_pem())?;
@@ -205,8 +200,7 @@ pub fn ensure_dev(dir: &Path) -> Result<()> {
     } else if !(Paths::server_pem(dir).exists() && Paths::server_key(dir).exists()) {
         server(dir, &names)?;
     }
-    if !(Paths::tenant_pem(dir, DEV_TENANT).exists() && Paths::tenant_key(dir, DEV_TENANT).exists())
-    {
+    if !(Paths::tenant_pem(dir, DEV_TENANT).exists() && Paths::tenant_key(dir, DEV_TENANT).exists()) {
         tenant(dir, DEV_TENANT)?;
     }
     Ok(())
@@ -225,15 +219,13 @@ fn set_validity(params: &mut CertificateParams, days: i64) {
     params.not_after = now + Duration::days(days);
 }
 
-fn ca_params() -> CertificateParams {
+fn ca_params(key: &KeyPair) -> CertificateParams {
+    // The raw public key of P-256 is 0x04 || X || Y: X is random.
+    let id: String = key.public_key_raw().iter().skip(1).take(6).map(|b| format!("{b:02x}")).collect();
     let mut params = CertificateParams::default();
-    params.distinguished_name = dn(CA_COMMON_NAME);
+    params.distinguished_name = dn(&format!("{CA_COMMON_NAME} {id}"));
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     set_validity(&mut params, CA_VALIDITY_DAYS);
     params
 }
@@ -252,11 +244,7 @@ fn server_params(names: &[String]) -> Result<CertificateParams> {
             let bare = n.strip_prefix('[').and_then(|s| s.strip_suffix(']'));
             Ok(match bare.unwrap_or(n).parse::<IpAddr>() {
                 Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName(
-                    n.to_string()
-                        .try_into()
-                        .with_context(|| format!("invalid DNS name {n:?}"))?,
-                ),
+                Err(_) => SanType::DnsName(n.to_string().try_into().with_context(|| format!("invalid DNS name {n:?}"))?),
             })
         })
         .collect::<Result<_>>()?;
@@ -271,9 +259,7 @@ fn server_params(names: &[String]) -> Result<CertificateParams> {
 fn issue_server(dir: &Path, names: &[String], issuer: &Issuer<'_, KeyPair>) -> Result<()> {
     let params = server_params(names)?;
     let key = KeyPair::generate().context("generating the server key")?;
-    let cert = params
-        .signed_by(&key, issuer)
-        .context("signing the server certificate")?;
+    let cert = params.signed_by(&key, issuer).context("signing the server certificate")?;
     write_private(&Paths::server_key(dir), &key.serialize_pem())?;
     write_public(&Paths::server_pem(dir), &cert.pem())?;
     Ok(())
@@ -282,14 +268,9 @@ fn issue_server(dir: &Path, names: &[String], issuer: &Issuer<'_, KeyPair>) -> R
 fn load_issuer(dir: &Path) -> Result<Issuer<'static, KeyPair>> {
     let ca_pem = Paths::ca_pem(dir);
     let ca_key = Paths::ca_key(dir);
-    let cert = fs::read_to_string(&ca_pem).with_context(|| {
-        format!(
-            "reading the CA certificate {} (run `cuwire-certs init` first)",
-            ca_pem.display()
-        )
-    })?;
-    let key = fs::read_to_string(&ca_key)
-        .with_context(|| format!("reading the CA key {}", ca_key.display()))?;
+    let cert = fs::read_to_string(&ca_pem)
+        .with_context(|| format!("reading the CA certificate {} (run `cuwire-certs init` first)", ca_pem.display()))?;
+    let key = fs::read_to_string(&ca_key).with_context(|| format!("reading the CA key {}", ca_key.display()))?;
     let key = KeyPair::from_pem(&key).with_context(|| format!("parsing {}", ca_key.display()))?;
     Issuer::from_ca_cert_pem(&cert, key).with_context(|| format!("parsing {}", ca_pem.display()))
 }
@@ -297,24 +278,12 @@ fn load_issuer(dir: &Path) -> Result<Issuer<'static, KeyPair>> {
 /// Writes through a temporary file and a rename, so a reader never sees half a
 /// file and an interrupted run leaves the old file in place.
 fn write_atomic(path: &Path, contents: &str, mode: u32) -> Result<()> {
-    let file_name = path
-        .file_name()
-        .with_context(|| format!("{} has no file name", path.display()))?;
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp{}",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
+    let file_name = path.file_name().with_context(|| format!("{} has no file name", path.display()))?;
+    let tmp = path.with_file_name(format!(".{}.tmp{}", file_name.to_string_lossy(), std::process::id()));
     let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(contents.as_bytes())
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
+    let mut f =
+        fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(contents.as_bytes()).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
     drop(f);
     fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())

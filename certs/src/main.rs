@@ -8,11 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "cuwire-certs",
-    version,
-    about = "Issues the certificates of a cuwire pool"
-)]
+#[command(name = "cuwire-certs", version, about = "Issues the certificates of a cuwire pool")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -54,17 +50,13 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Init { dir, names, force } => if *force {
-            cuwire_certs::init_force(dir, names)
-        } else {
-            cuwire_certs::init(dir, names)
-        }
-        .map(|()| {
-            println!("wrote {}", cuwire_certs::ca_pem(dir).display());
-            println!("wrote {}", cuwire_certs::ca_key(dir).display());
-            println!("wrote {}", cuwire_certs::server_pem(dir).display());
-            println!("wrote {}", cuwire_certs::server_key(dir).display());
-        }),
+        Command::Init { dir, names, force } => if *force { cuwire_certs::init_force(dir, names) } else { cuwire_certs::init(dir, names) }
+            .map(|()| {
+                println!("wrote {}", cuwire_certs::ca_pem(dir).display());
+                println!("wrote {}", cuwire_certs::ca_key(dir).display());
+                println!("wrote {}", cuwire_certs::server_pem(dir).display());
+                println!("wrote {}", cuwire_certs::server_key(dir).display());
+            }),
         Command::Tenant { dir, name } => cuwire_certs::tenant(dir, name).map(|()| {
             println!("wrote {}", cuwire_certs::tenant_pem(dir, name).display());
             println!("wrote {}", cuwire_certs::tenant_key(dir, name).display());
@@ -73,8 +65,7 @@ fn main() -> ExitCode {
             println!("wrote {}", cuwire_certs::server_pem(dir).display());
             println!("wrote {}", cuwire_certs::server_key(dir).display());
         }),
-        Command::Dev { dir } => cuwire_certs::ensure_dev(dir)
-            .map(|()| println!("development certificates ready in {}", dir.display())),
+        Command::Dev { dir } => cuwire_certs::ensure_dev(dir).map(|()| println!("development certificates ready in {}", dir.display())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

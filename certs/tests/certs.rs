@@ -45,22 +45,12 @@ fn mode(path: &Path) -> u32 {
 }
 
 fn client_cert_accepted(ca_dir: &Path, cert_dir: &Path, tenant: &str) -> bool {
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_dir), provider())
-        .build()
-        .unwrap();
-    verifier
-        .verify_client_cert(
-            &cert(&cuwire_certs::tenant_pem(cert_dir, tenant)),
-            &[],
-            UnixTime::now(),
-        )
-        .is_ok()
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_dir), provider()).build().unwrap();
+    verifier.verify_client_cert(&cert(&cuwire_certs::tenant_pem(cert_dir, tenant)), &[], UnixTime::now()).is_ok()
 }
 
 fn server_cert_accepted(ca_dir: &Path, cert_dir: &Path, name: &str) -> bool {
-    let verifier = WebPkiServerVerifier::builder_with_provider(roots(ca_dir), provider())
-        .build()
-        .unwrap();
+    let verifier = WebPkiServerVerifier::builder_with_provider(roots(ca_dir), provider()).build().unwrap();
     verifier
         .verify_server_cert(
             &cert(&cuwire_certs::server_pem(cert_dir)),
@@ -75,24 +65,13 @@ fn server_cert_accepted(ca_dir: &Path, cert_dir: &Path, name: &str) -> bool {
 /// Runs a TLS 1.3 handshake in memory: the server trusts `server_dir`'s CA for
 /// client certificates, the client trusts `client_ca_dir`'s CA and presents
 /// tenant `tenant` of `client_dir` (or nothing). Returns the error text, if any.
-fn handshake(
-    server_dir: &Path,
-    client_ca_dir: &Path,
-    client: Option<(&Path, &str)>,
-    server_name: &str,
-) -> Result<(), String> {
-    let client_verifier =
-        WebPkiClientVerifier::builder_with_provider(roots(server_dir), provider())
-            .build()
-            .unwrap();
+fn handshake(server_dir: &Path, client_ca_dir: &Path, client: Option<(&Path, &str)>, server_name: &str) -> Result<(), String> {
+    let client_verifier = WebPkiClientVerifier::builder_with_provider(roots(server_dir), provider()).build().unwrap();
     let server_config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_client_cert_verifier(client_verifier)
-        .with_single_cert(
-            vec![cert(&cuwire_certs::server_pem(server_dir))],
-            key(&cuwire_certs::server_key(server_dir)),
-        )
+        .with_single_cert(vec![cert(&cuwire_certs::server_pem(server_dir))], key(&cuwire_certs::server_key(server_dir)))
         .map_err(|e| format!("server config: {e}"))?;
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -100,18 +79,11 @@ fn handshake(
         .with_root_certificates(roots(client_ca_dir));
     let client_config = match client {
         Some((dir, tenant)) => builder
-            .with_client_auth_cert(
-                vec![cert(&cuwire_certs::tenant_pem(dir, tenant))],
-                key(&cuwire_certs::tenant_key(dir, tenant)),
-            )
+            .with_client_auth_cert(vec![cert(&cuwire_certs::tenant_pem(dir, tenant))], key(&cuwire_certs::tenant_key(dir, tenant)))
             .map_err(|e| format!("client config: {e}"))?,
         None => builder.with_no_client_auth(),
     };
-    let mut c = ClientConnection::new(
-        Arc::new(client_config),
-        ServerName::try_from(server_name.to_string()).unwrap(),
-    )
-    .unwrap();
+    let mut c = ClientConnection::new(Arc::new(client_config), ServerName::try_from(server_name.to_string()).unwrap()).unwrap();
     let mut s = ServerConnection::new(Arc::new(server_config)).unwrap();
     for _ in 0..20 {
         let mut buf = Vec::new();
@@ -120,8 +92,7 @@ fn handshake(
         }
         if !buf.is_empty() {
             s.read_tls(&mut &buf[..]).unwrap();
-            s.process_new_packets()
-                .map_err(|e| format!("server: {e}"))?;
+            s.process_new_packets().map_err(|e| format!("server: {e}"))?;
         }
         let mut buf = Vec::new();
         while s.wants_write() {
@@ -129,13 +100,10 @@ fn handshake(
         }
         if !buf.is_empty() {
             c.read_tls(&mut &buf[..]).unwrap();
-            c.process_new_packets()
-                .map_err(|e| format!("client: {e}"))?;
+            c.process_new_packets().map_err(|e| format!("client: {e}"))?;
         }
         if !c.is_handshaking() && !s.is_handshaking() && !c.wants_write() {
-            let peer = s
-                .peer_certificates()
-                .ok_or("server saw no client certificate")?;
+            let peer = s.peer_certificates().ok_or("server saw no client certificate")?;
             if peer.is_empty() {
                 return Err("server saw an empty client certificate chain".into());
             }
@@ -157,27 +125,15 @@ fn init_writes_the_contracted_files_with_private_keys_0600() {
     assert_eq!(mode(&dir.join("ca.key")), 0o600);
     assert_eq!(mode(&dir.join("server.key")), 0o600);
     assert_eq!(cuwire_certs::ca_pem(&dir), dir.join("ca.pem"));
-    assert_eq!(
-        cuwire_certs::Paths::server_key(&dir),
-        dir.join("server.key")
-    );
+    assert_eq!(cuwire_certs::Paths::server_key(&dir), dir.join("server.key"));
 
     cuwire_certs::tenant(&dir, "alice").unwrap();
-    assert_eq!(
-        cuwire_certs::tenant_pem(&dir, "alice"),
-        dir.join("tenants/alice.pem")
-    );
-    assert_eq!(
-        cuwire_certs::tenant_key(&dir, "alice"),
-        dir.join("tenants/alice.key")
-    );
+    assert_eq!(cuwire_certs::tenant_pem(&dir, "alice"), dir.join("tenants/alice.pem"));
+    assert_eq!(cuwire_certs::tenant_key(&dir, "alice"), dir.join("tenants/alice.key"));
     assert!(dir.join("tenants/alice.pem").is_file());
     assert_eq!(mode(&dir.join("tenants/alice.key")), 0o600);
     // No temporary files left behind.
-    for entry in fs::read_dir(&dir)
-        .unwrap()
-        .chain(fs::read_dir(dir.join("tenants")).unwrap())
-    {
+    for entry in fs::read_dir(&dir).unwrap().chain(fs::read_dir(dir.join("tenants")).unwrap()) {
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();
         assert!(!name.starts_with('.'), "left over {name}");
     }
@@ -201,16 +157,7 @@ fn tenant_names_are_validated() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     cuwire_certs::init(dir, &names(&["localhost"])).unwrap();
-    for bad in [
-        "",
-        "../x",
-        "a/b",
-        "a b",
-        ".hidden",
-        "é",
-        "x;y",
-        &"a".repeat(65),
-    ] {
+    for bad in ["", "../x", "a/b", "a b", ".hidden", "é", "x;y", &"a".repeat(65)] {
         assert!(cuwire_certs::tenant(dir, bad).is_err(), "{bad:?} accepted");
     }
     for good in ["a", "team-1", "ml_research", "org.team.A9"] {
@@ -231,11 +178,7 @@ fn certificates_verify_against_their_ca_only() {
     let tmp = tempfile::tempdir().unwrap();
     let a = tmp.path().join("a");
     let b = tmp.path().join("b");
-    cuwire_certs::init(
-        &a,
-        &names(&["localhost", "127.0.0.1", "::1", "gpu.example.org"]),
-    )
-    .unwrap();
+    cuwire_certs::init(&a, &names(&["localhost", "127.0.0.1", "::1", "gpu.example.org"])).unwrap();
     cuwire_certs::init(&b, &names(&["localhost"])).unwrap();
     // The tenant is signed later, by the CA reloaded from ca.pem/ca.key.
     cuwire_certs::tenant(&a, "alice").unwrap();
@@ -252,12 +195,8 @@ fn certificates_verify_against_their_ca_only() {
     assert!(!server_cert_accepted(&a, &a, "10.0.0.1"));
     assert!(!server_cert_accepted(&b, &a, "localhost"));
     // The EKUs keep the roles apart: a server certificate is no client certificate.
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(&a), provider())
-        .build()
-        .unwrap();
-    assert!(verifier
-        .verify_client_cert(&cert(&cuwire_certs::server_pem(&a)), &[], UnixTime::now())
-        .is_err());
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(&a), provider()).build().unwrap();
+    assert!(verifier.verify_client_cert(&cert(&cuwire_certs::server_pem(&a)), &[], UnixTime::now()).is_err());
 }
 
 #[test]
@@ -272,6 +211,9 @@ fn mutual_tls_handshake() {
     handshake(&a, &a, Some((&a, "dev")), "127.0.0.1").unwrap();
     let err = handshake(&a, &a, Some((&b, "dev")), "localhost").unwrap_err();
     assert!(err.starts_with("server"), "{err}");
+    // Each pool's CA has its own name, so another pool's tenant is refused as
+    // coming from an unknown CA rather than as a bad signature.
+    assert!(err.contains("UnknownIssuer"), "{err}");
     let err = handshake(&a, &a, None, "localhost").unwrap_err();
     assert!(err.starts_with("server"), "{err}");
     let err = handshake(&a, &b, Some((&a, "dev")), "localhost").unwrap_err();
@@ -283,23 +225,10 @@ fn ensure_dev_creates_only_what_is_absent() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("dev");
     cuwire_certs::ensure_dev(&dir).unwrap();
-    let files = [
-        "ca.pem",
-        "ca.key",
-        "server.pem",
-        "server.key",
-        "tenants/dev.pem",
-        "tenants/dev.key",
-    ];
-    let before: Vec<Vec<u8>> = files
-        .iter()
-        .map(|f| fs::read(dir.join(f)).unwrap())
-        .collect();
+    let files = ["ca.pem", "ca.key", "server.pem", "server.key", "tenants/dev.pem", "tenants/dev.key"];
+    let before: Vec<Vec<u8>> = files.iter().map(|f| fs::read(dir.join(f)).unwrap()).collect();
     cuwire_certs::ensure_dev(&dir).unwrap();
-    let after: Vec<Vec<u8>> = files
-        .iter()
-        .map(|f| fs::read(dir.join(f)).unwrap())
-        .collect();
+    let after: Vec<Vec<u8>> = files.iter().map(|f| fs::read(dir.join(f)).unwrap()).collect();
     assert_eq!(before, after);
 
     fs::remove_file(dir.join("tenants/dev.key")).unwrap();
@@ -317,41 +246,16 @@ fn command_line() {
     let dir = tmp.path().join("pool");
     let run = |args: &[&str]| Command::new(exe).args(args).output().unwrap();
 
-    let out = run(&[
-        "init",
-        dir.to_str().unwrap(),
-        "--name",
-        "localhost",
-        "--name",
-        "127.0.0.1",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run(&["init", dir.to_str().unwrap(), "--name", "localhost", "--name", "127.0.0.1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = run(&["init", dir.to_str().unwrap(), "--name", "localhost"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
-    let out = run(&[
-        "init",
-        dir.to_str().unwrap(),
-        "--name",
-        "localhost",
-        "--force",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run(&["init", dir.to_str().unwrap(), "--name", "localhost", "--force"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let out = run(&["tenant", dir.to_str().unwrap(), "bob"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(mode(&dir.join("tenants/bob.key")), 0o600);
     let out = run(&["tenant", dir.to_str().unwrap(), "../evil"]);
     assert!(!out.status.success());
