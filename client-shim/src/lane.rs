@@ -1,0 +1,86 @@
+//! The ordered lane: how calls are numbered, sent and answered.
+//!
+//! Every call gets the next sequence number and goes out in that order. `Async` calls are sent
+//! and forgotten (the server latches their errors); `Sync` and `Barrier` calls return a
+//! [`Ticket`] to wait on, so several can be in flight at once (pipelined copies).
+
+use std::sync::mpsc;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use cuwire_protocol::frame;
+use cuwire_protocol::{Call, CallKind, Ctx, CuError, Reply, Request, ServerMsg};
+
+use crate::stats;
+use crate::transport::{Outgoing, Transport};
+
+/// The error every call returns once the connection is gone.
+pub const CONNECTION_LOST: CuError = CuError::DEVICE_UNAVAILABLE;
+
+pub struct Lane {
+    transport: Transport,
+    seq: Mutex<u64>,
+}
+
+/// A call in flight whose reply someone will wait for.
+pub struct Ticket {
+    rx: mpsc::Receiver<Result<(ServerMsg, Bytes), String>>,
+    function: &'static str,
+}
+
+impl Lane {
+    pub fn new(transport: Transport) -> Self {
+        Lane { transport, seq: Mutex::new(0) }
+    }
+
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    /// Sends a call; returns a ticket unless it is `Async`.
+    pub fn submit(&self, ctx: Ctx, kind: CallKind, request: Request, payload: Bytes) -> Result<Option<Ticket>, CuError> {
+        let function = request.function().name();
+        let (slot, ticket) = if kind == CallKind::Async {
+            (None, None)
+        } else {
+            let (tx, rx) = mpsc::sync_channel(1);
+            (Some(tx), Some(Ticket { rx, function }))
+        };
+        stats::record(function, kind, payload.len());
+        let mut seq = self.seq.lock().unwrap_or_else(|p| p.into_inner());
+        *seq += 1;
+        let call = Call { seq: *seq, ctx, kind, request };
+        let head = frame::encode(&call, payload.len()).map_err(|_| CuError::INVALID_VALUE)?;
+        self.transport.send(Outgoing { head, payload, reply: slot }).map_err(|_| CONNECTION_LOST)?;
+        Ok(ticket)
+    }
+
+    /// Sends a call and waits for its reply.
+    pub fn call(&self, ctx: Ctx, kind: CallKind, request: Request, payload: Bytes) -> Result<(Reply, Bytes), CuError> {
+        match self.submit(ctx, kind, request, payload)? {
+            Some(ticket) => ticket.wait(),
+            None => Err(CuError::INVALID_VALUE),
+        }
+    }
+}
+
+impl Ticket {
+    /// Waits for the reply. A latched error of an earlier fire-and-forget call comes first.
+    pub fn wait(self) -> Result<(Reply, Bytes), CuError> {
+        let (msg, payload) = match self.rx.recv() {
+            Ok(Ok(m)) => m,
+            Ok(Err(_)) | Err(_) => return Err(CONNECTION_LOST),
+        };
+        stats::record_reply(self.function, payload.len());
+        match msg {
+            ServerMsg::Reply { latched: Some(l), .. } => {
+                if crate::debug() {
+                    eprintln!("cuwire: {} reports the error of an earlier call #{} {}: {}", self.function, l.seq, l.function, l.error);
+                }
+                Err(l.error)
+            }
+            ServerMsg::Reply { result, .. } => result.map(|r| (r, payload)),
+            _ => Err(CuError::UNKNOWN),
+        }
+    }
+}

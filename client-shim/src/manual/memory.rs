@@ -1,0 +1,248 @@
+//! Memory: page-locked host memory lives in this process; copies and memsets travel on the
+//! lane. Host-to-device data is chunked and sent without waiting (the synchronous form waits
+//! for its last chunk only); device-to-host chunks are requested ahead, a window at a time.
+
+use super::*;
+use crate::client;
+use crate::{export, ffi};
+use bytes::Bytes;
+use cuwire_protocol::limits::COPY_CHUNK;
+use cuwire_protocol::{calls, CallKind, CuError, Reply, Request, Stream};
+use std::collections::VecDeque;
+
+/// How many device-to-host chunks may be in flight at once.
+const DTOH_WINDOW: usize = 8;
+
+/// Sends host bytes to the device, chunked. `sync` makes the call wait for the last chunk, so
+/// its errors (and earlier latched ones) are reported by this call.
+pub fn htod(dst: CUdeviceptr, data: &[u8], stream: Stream, sync: bool) -> Result<(), CuError> {
+    let c = client::get()?;
+    if data.is_empty() {
+        return Ok(());
+    }
+    let chunks = data.len().div_ceil(COPY_CHUNK);
+    for (i, chunk) in data.chunks(COPY_CHUNK).enumerate() {
+        let last = i + 1 == chunks;
+        let kind = if last && sync { CallKind::Barrier } else { CallKind::Async };
+        let req = calls::MemcpyHtoD::Req { dst: dst + (i * COPY_CHUNK) as u64, stream };
+        if let Some(ticket) = c.submit(kind, Request::MemcpyHtoD(req), Bytes::copy_from_slice(chunk))? {
+            ticket.wait()?;
+        }
+    }
+    Ok(())
+}
+
+/// Fetches device bytes into host memory, a window of chunks in flight at a time.
+pub fn dtoh(out: &mut [u8], src: CUdeviceptr, stream: Stream) -> Result<(), CuError> {
+    let c = client::get()?;
+    if out.is_empty() {
+        return Ok(());
+    }
+    let mut in_flight = VecDeque::new();
+    let mut chunks = out.chunks_mut(COPY_CHUNK).enumerate();
+    let mut result = Ok(());
+    loop {
+        while in_flight.len() < DTOH_WINDOW {
+            let Some((i, chunk)) = chunks.next() else { break };
+            // The first chunk is a barrier, so earlier fire-and-forget errors surface here.
+            let kind = if i == 0 { CallKind::Barrier } else { CallKind::Sync };
+            let req = calls::MemcpyDtoH::Req { src: src + (i * COPY_CHUNK) as u64, bytes: chunk.len() as u64, stream };
+            match c.submit(kind, Request::MemcpyDtoH(req), Bytes::new()) {
+                Ok(Some(t)) => in_flight.push_back((t, chunk)),
+                Ok(None) => unreachable!("a Sync call always has a ticket"),
+                Err(e) => return Err(e),
+            }
+        }
+        let Some((ticket, chunk)) = in_flight.pop_front() else { break };
+        // Keep draining after an error so no reply is left unclaimed.
+        match ticket.wait() {
+            Ok((Reply::MemcpyDtoH(_), data)) if data.len() == chunk.len() => {
+                if result.is_ok() {
+                    chunk.copy_from_slice(&data)
+                }
+            }
+            Ok(_) => result = result.and(Err(CuError::UNKNOWN)),
+            Err(e) => result = result.and(Err(e)),
+        }
+        if result.is_err() {
+            // Stop asking for more; drain what is in flight.
+            for (t, _) in in_flight.drain(..) {
+                let _ = t.wait();
+            }
+            break;
+        }
+    }
+    result
+}
+
+fn dtod(dst: CUdeviceptr, src: CUdeviceptr, bytes: usize, stream: Stream, sync: bool) -> Result<(), CuError> {
+    let c = client::get()?;
+    let req = Request::MemcpyDtoD(calls::MemcpyDtoD::Req { dst, src, bytes: bytes as u64, stream });
+    let kind = if sync { CallKind::Barrier } else { CallKind::Async };
+    if let Some(t) = c.submit(kind, req, Bytes::new())? {
+        t.wait()?;
+    }
+    Ok(())
+}
+
+fn memset(dst: CUdeviceptr, value: u32, elem_size: u8, count: usize, stream: Stream, sync: bool) -> Result<(), CuError> {
+    let c = client::get()?;
+    let req = Request::Memset(calls::Memset::Req { dst, value, elem_size, count: count as u64, stream });
+    let kind = if sync { CallKind::Barrier } else { CallKind::Async };
+    if let Some(t) = c.submit(kind, req, Bytes::new())? {
+        t.wait()?;
+    }
+    Ok(())
+}
+
+fn stream(h: Handle) -> Stream {
+    Stream(h as u64)
+}
+
+export! {
+    fn cuMemcpyHtoD_v2 | cuMemcpyHtoD_v2_ptds (dst: CUdeviceptr, src: *const c_void, bytes: usize) {
+        // SAFETY: src is readable for `bytes` bytes (driver API contract).
+        let data = unsafe { ffi::slice(src, bytes)? };
+        htod(dst, data, Stream::NULL, true)
+    }
+}
+
+export! {
+    /// The bytes are taken at the call (as a staging copy would), so the caller may reuse its
+    /// buffer at once; ordering on the stream is kept by the lane.
+    fn cuMemcpyHtoDAsync_v2 | cuMemcpyHtoDAsync_v2_ptsz (dst: CUdeviceptr, src: *const c_void, bytes: usize, hstream: Handle) {
+        // SAFETY: src is readable for `bytes` bytes.
+        let data = unsafe { ffi::slice(src, bytes)? };
+        htod(dst, data, stream(hstream), false)
+    }
+}
+
+export! {
+    fn cuMemcpyDtoH_v2 | cuMemcpyDtoH_v2_ptds (dst: *mut c_void, src: CUdeviceptr, bytes: usize) {
+        // SAFETY: dst is writable for `bytes` bytes.
+        let out = unsafe { ffi::slice_mut(dst, bytes)? };
+        dtoh(out, src, Stream::NULL)
+    }
+}
+
+export! {
+    /// Completes before returning: allowed for an asynchronous copy, and the host buffer is
+    /// then valid as soon as the stream would have reached it.
+    fn cuMemcpyDtoHAsync_v2 | cuMemcpyDtoHAsync_v2_ptsz (dst: *mut c_void, src: CUdeviceptr, bytes: usize, hstream: Handle) {
+        // SAFETY: dst is writable for `bytes` bytes.
+        let out = unsafe { ffi::slice_mut(dst, bytes)? };
+        dtoh(out, src, stream(hstream))
+    }
+}
+
+export! {
+    fn cuMemcpyDtoD_v2 | cuMemcpyDtoD_v2_ptds (dst: CUdeviceptr, src: CUdeviceptr, bytes: usize) {
+        dtod(dst, src, bytes, Stream::NULL, true)
+    }
+}
+
+export! {
+    fn cuMemcpyDtoDAsync_v2 | cuMemcpyDtoDAsync_v2_ptsz (dst: CUdeviceptr, src: CUdeviceptr, bytes: usize, hstream: Handle) {
+        dtod(dst, src, bytes, stream(hstream), false)
+    }
+}
+
+export! {
+    fn cuMemsetD8_v2 | cuMemsetD8_v2_ptds (dst: CUdeviceptr, value: u8, count: usize) {
+        memset(dst, value as u32, 1, count, Stream::NULL, true)
+    }
+}
+
+export! {
+    fn cuMemsetD16_v2 | cuMemsetD16_v2_ptds (dst: CUdeviceptr, value: u16, count: usize) {
+        memset(dst, value as u32, 2, count, Stream::NULL, true)
+    }
+}
+
+export! {
+    fn cuMemsetD32_v2 | cuMemsetD32_v2_ptds (dst: CUdeviceptr, value: u32, count: usize) {
+        memset(dst, value, 4, count, Stream::NULL, true)
+    }
+}
+
+export! {
+    fn cuMemsetD8Async | cuMemsetD8Async_ptsz (dst: CUdeviceptr, value: u8, count: usize, hstream: Handle) {
+        memset(dst, value as u32, 1, count, stream(hstream), false)
+    }
+}
+
+export! {
+    fn cuMemsetD16Async | cuMemsetD16Async_ptsz (dst: CUdeviceptr, value: u16, count: usize, hstream: Handle) {
+        memset(dst, value as u32, 2, count, stream(hstream), false)
+    }
+}
+
+export! {
+    fn cuMemsetD32Async | cuMemsetD32Async_ptsz (dst: CUdeviceptr, value: u32, count: usize, hstream: Handle) {
+        memset(dst, value, 4, count, stream(hstream), false)
+    }
+}
+
+// ---- page-locked host memory: plain, page-aligned memory of this process
+
+fn host_alloc(bytes: usize) -> Result<*mut c_void, CuError> {
+    if bytes == 0 {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let mut p: *mut c_void = std::ptr::null_mut();
+    // SAFETY: posix_memalign writes an allocation of `bytes` bytes aligned to 4096 into `p`.
+    let rc = unsafe { libc::posix_memalign(&mut p, 4096, bytes) };
+    if rc != 0 || p.is_null() {
+        return Err(CuError::OUT_OF_MEMORY);
+    }
+    client::get()?.objects().host_allocs.insert(p as usize, bytes);
+    Ok(p)
+}
+
+export! {
+    fn cuMemAllocHost_v2(pp: *mut *mut c_void, bytes: usize) {
+        if pp.is_null() {
+            return Err(CuError::INVALID_VALUE);
+        }
+        client::get()?.current_device()?;
+        let p = host_alloc(bytes)?;
+        // SAFETY: void** out-parameter.
+        unsafe { ffi::write(pp, p) }
+    }
+}
+
+export! {
+    fn cuMemHostAlloc(pp: *mut *mut c_void, bytes: usize, _flags: c_uint) {
+        if pp.is_null() {
+            return Err(CuError::INVALID_VALUE);
+        }
+        client::get()?.current_device()?;
+        let p = host_alloc(bytes)?;
+        // SAFETY: void** out-parameter.
+        unsafe { ffi::write(pp, p) }
+    }
+}
+
+export! {
+    fn cuMemFreeHost(p: *mut c_void) {
+        let c = client::get()?;
+        if c.objects().host_allocs.remove(&(p as usize)).is_none() {
+            return Err(CuError::INVALID_VALUE);
+        }
+        // SAFETY: p came from posix_memalign in host_alloc and is freed once (removed above).
+        unsafe { libc::free(p) };
+        Ok(())
+    }
+}
+
+export! {
+    fn cuMemHostGetFlags(flags: *mut c_uint, p: *mut c_void) {
+        let c = client::get()?;
+        let known = c.objects().host_allocs.range(..=p as usize).next_back().is_some_and(|(b, s)| (p as usize) < b + s);
+        if !known {
+            return Err(CuError::INVALID_VALUE);
+        }
+        // SAFETY: unsigned int* out-parameter.
+        unsafe { ffi::write(flags, 0) }
+    }
+}

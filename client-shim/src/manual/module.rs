@@ -1,0 +1,384 @@
+//! Modules, libraries and functions. A load sends the image and gets back every entry point
+//! with its parameter layout and attributes, and every module variable; after that, function
+//! and kernel lookups, attribute queries and variable lookups are answered here, and the handles
+//! they hand out are minted here and announced to the server without waiting.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::*;
+use crate::client::{self, Client, KernelRec, ModuleRec};
+use crate::{context, expect_reply, export, ffi};
+use bytes::Bytes;
+use cuwire_protocol::limits::MAX_PAYLOAD;
+use cuwire_protocol::{calls, cuda, CallKind, CuError, Func, FunctionInfo, Kernel, Library, Module, ModuleInfo, Request};
+
+const FATBIN_MAGIC: u32 = 0xBA55_ED50;
+const FATBIN_WRAPPER_MAGIC: u32 = 0x4662_43B1;
+
+/// Reads a module image the driver way: its length comes from its own header (ELF, fatbinary,
+/// or the fatbinary wrapper nvcc emits) or, for PTX, from its terminating NUL.
+///
+/// # Safety
+/// `image` points to a valid image of one of those kinds.
+pub unsafe fn read_image(image: *const c_void) -> Result<Vec<u8>, CuError> {
+    if image.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    // SAFETY: every image kind starts with at least 16 readable bytes (PTX: ".version" and more;
+    // a shorter NUL-terminated string is caught by the strlen path only after this read, so
+    // read the first bytes one at a time until a NUL).
+    let head: Vec<u8> = unsafe {
+        let p = image as *const u8;
+        let mut v = Vec::with_capacity(16);
+        for i in 0..16 {
+            let b = *p.add(i);
+            v.push(b);
+            if b == 0 {
+                break;
+            }
+        }
+        v
+    };
+    let u32_at = |o: usize| u32::from_le_bytes(head[o..o + 4].try_into().unwrap());
+    let len = if head.len() == 16 && head.starts_with(b"\x7fELF") {
+        // SAFETY: a 64-bit ELF header is 64 bytes.
+        let hdr = unsafe { ffi::slice(image, 64)? };
+        let shoff = u64::from_le_bytes(hdr[0x28..0x30].try_into().unwrap());
+        let shentsize = u16::from_le_bytes(hdr[0x3A..0x3C].try_into().unwrap()) as u64;
+        let shnum = u16::from_le_bytes(hdr[0x3C..0x3E].try_into().unwrap()) as u64;
+        shoff.saturating_add(shentsize * shnum)
+    } else if head.len() == 16 && u32_at(0) == FATBIN_MAGIC {
+        let header = u16::from_le_bytes(head[6..8].try_into().unwrap()) as u64;
+        let size = u64::from_le_bytes(head[8..16].try_into().unwrap());
+        header.saturating_add(size)
+    } else if head.len() == 16 && u32_at(0) == FATBIN_WRAPPER_MAGIC {
+        // { int magic; int version; const unsigned long long *data; void *filename_or_fatbins }
+        let data = u64::from_le_bytes(head[8..16].try_into().unwrap()) as *const c_void;
+        // SAFETY: the wrapper's data pointer is a fatbinary.
+        return unsafe { read_image(data) };
+    } else {
+        // SAFETY: PTX is NUL-terminated text.
+        let text = unsafe { std::ffi::CStr::from_ptr(image as *const c_char) };
+        text.to_bytes().len() as u64
+    };
+    if len == 0 || len > MAX_PAYLOAD as u64 {
+        return Err(CuError::INVALID_IMAGE);
+    }
+    // SAFETY: the image's own header says it is `len` bytes long.
+    Ok(unsafe { ffi::slice(image, len as usize)? }.to_vec())
+}
+
+fn load_module(c: &Client, image: Vec<u8>) -> Result<Module, CuError> {
+    c.current_device()?;
+    let module = Module(c.mint());
+    let (reply, _) = c.call(CallKind::Sync, Request::ModuleLoad(calls::ModuleLoad::Req { module, info: () }), Bytes::from(image))?;
+    let info = expect_reply!(reply, ModuleLoad)?.info;
+    c.objects().modules.insert(module.0, ModuleRec { info: Arc::new(info), ctx: context::current(), functions: HashMap::new() });
+    Ok(module)
+}
+
+export! {
+    fn cuModuleLoadData(pmod: *mut Handle, image: *const c_void) {
+        if pmod.is_null() {
+            return Err(CuError::INVALID_VALUE);
+        }
+        let c = client::get()?;
+        // SAFETY: image is a module image (driver API contract).
+        let bytes = unsafe { read_image(image)? };
+        let m = load_module(c, bytes)?;
+        // SAFETY: CUmodule* out-parameter.
+        unsafe { ffi::write(pmod, m.0 as Handle) }
+    }
+}
+
+export! {
+    /// JIT options are accepted; the log buffers they name are left empty.
+    fn cuModuleLoadDataEx(pmod: *mut Handle, image: *const c_void, _num_options: c_uint, _options: *mut c_int, _values: *mut *mut c_void) {
+        // SAFETY: same contract as cuModuleLoadData.
+        let code = unsafe { cuModuleLoadData(pmod, image) };
+        if code == 0 { Ok(()) } else { Err(CuError(code)) }
+    }
+}
+
+export! {
+    fn cuModuleLoadFatBinary(pmod: *mut Handle, image: *const c_void) {
+        // SAFETY: same contract as cuModuleLoadData.
+        let code = unsafe { cuModuleLoadData(pmod, image) };
+        if code == 0 { Ok(()) } else { Err(CuError(code)) }
+    }
+}
+
+/// Reads a module file on the client: the server never sees client paths.
+fn read_file(path: *const c_char) -> Result<Vec<u8>, CuError> {
+    // SAFETY: NUL-terminated path string.
+    let path = unsafe { ffi::cstr(path)? };
+    let bytes = std::fs::read(path).map_err(|_| CuError(cuda::CUDA_ERROR_FILE_NOT_FOUND))?;
+    if bytes.is_empty() || bytes.len() > MAX_PAYLOAD {
+        return Err(CuError::INVALID_IMAGE);
+    }
+    Ok(bytes)
+}
+
+export! {
+    fn cuModuleLoad(pmod: *mut Handle, fname: *const c_char) {
+        if pmod.is_null() {
+            return Err(CuError::INVALID_VALUE);
+        }
+        let c = client::get()?;
+        let m = load_module(c, read_file(fname)?)?;
+        // SAFETY: CUmodule* out-parameter.
+        unsafe { ffi::write(pmod, m.0 as Handle) }
+    }
+}
+
+export! {
+    fn cuModuleGetFunction(pfunc: *mut Handle, hmod: Handle, name: *const c_char) {
+        if pfunc.is_null() {
+            return Err(CuError::INVALID_VALUE);
+        }
+        // SAFETY: NUL-terminated name.
+        let name = unsafe { ffi::cstr(name)? };
+        let c = client::get()?;
+        let module = Module(hmod as u64);
+        let func = {
+            let mut objects = c.objects();
+            let rec = objects.modules.get_mut(&module.0).ok_or(CuError::INVALID_HANDLE)?;
+            if let Some(f) = rec.functions.get(name) {
+                *f
+            } else {
+                let info = rec.info.functions.iter().find(|f| f.name == name).cloned().ok_or(CuError::NOT_FOUND)?;
+                let f = c.mint();
+                rec.functions.insert(name.to_owned(), f);
+                objects.functions.insert(f, Arc::new(info));
+                c.send(Request::ModuleGetFunction(calls::ModuleGetFunction::Req { func: Func(f), module, name: name.to_owned() }), Bytes::new())?;
+                f
+            }
+        };
+        // SAFETY: CUfunction* out-parameter.
+        unsafe { ffi::write(pfunc, func as Handle) }
+    }
+}
+
+export! {
+    fn cuModuleGetGlobal_v2(dptr: *mut CUdeviceptr, bytes: *mut usize, hmod: Handle, name: *const c_char) {
+        // SAFETY: NUL-terminated name.
+        let name = unsafe { ffi::cstr(name)? };
+        let c = client::get()?;
+        let module = Module(hmod as u64);
+        let cached = {
+            let objects = c.objects();
+            let rec = objects.modules.get(&module.0).ok_or(CuError::INVALID_HANDLE)?;
+            rec.info.globals.iter().find(|g| g.name == name).map(|g| (g.dptr, g.bytes))
+        };
+        let (p, n) = match cached {
+            Some(g) => g,
+            None => {
+                let req = calls::ModuleGetGlobal::Req { module, name: name.to_owned(), dptr: (), bytes: () };
+                let (reply, _) = c.call(CallKind::Sync, Request::ModuleGetGlobal(req), Bytes::new())?;
+                let rep = expect_reply!(reply, ModuleGetGlobal)?;
+                (rep.dptr, rep.bytes)
+            }
+        };
+        // SAFETY: optional CUdeviceptr* and size_t* out-parameters.
+        unsafe {
+            ffi::write_opt(dptr, p);
+            ffi::write_opt(bytes, n as usize);
+        }
+        Ok(())
+    }
+}
+
+// ---- libraries (context-independent modules) and kernels
+
+fn load_library(c: &Client, image: Vec<u8>) -> Result<Library, CuError> {
+    let library = Library(c.mint());
+    let (reply, _) = c.call(CallKind::Sync, Request::LibraryLoad(calls::LibraryLoad::Req { library, info: () }), Bytes::from(image))?;
+    let info: ModuleInfo = expect_reply!(reply, LibraryLoad)?.info;
+    c.objects().libraries.insert(library.0, ModuleRec { info: Arc::new(info), ctx: context::current(), functions: HashMap::new() });
+    Ok(library)
+}
+
+export! {
+    /// JIT and library options are accepted and not acted upon.
+    fn cuLibraryLoadData(plib: *mut Handle, code: *const c_void, _jit_options: *mut c_int, _jit_values: *mut *mut c_void, _num_jit: c_uint,
+                         _lib_options: *mut c_int, _lib_values: *mut *mut c_void, _num_lib: c_uint) {
+        if plib.is_null() {
+            return Err(CuError::INVALID_VALUE);
+        }
+        let c = client::get()?;
+        // SAFETY: code is a module image.
+        let bytes = unsafe { read_image(code)? };
+        let l = load_library(c, bytes)?;
+        // SAFETY: CUlibrary* out-parameter.
+        unsafe { ffi::write(plib, l.0 as Handle) }
+    }
+}
+
+export! {
+    fn cuLibraryLoadFromFile(plib: *mut Handle, fname: *const c_char, _jit_options: *mut c_int, _jit_values: *mut *mut c_void, _num_jit: c_uint,
+                             _lib_options: *mut c_int, _lib_values: *mut *mut c_void, _num_lib: c_uint) {
+        if plib.is_null() {
+            return Err(CuError::INVALID_VALUE);
+        }
+        let c = client::get()?;
+        let l = load_library(c, read_file(fname)?)?;
+        // SAFETY: CUlibrary* out-parameter.
+        unsafe { ffi::write(plib, l.0 as Handle) }
+    }
+}
+
+export! {
+    fn cuLibraryGetKernel(pkernel: *mut Handle, library: Handle, name: *const c_char) {
+        if pkernel.is_null() {
+            return Err(CuError::INVALID_VALUE);
+        }
+        // SAFETY: NUL-terminated name.
+        let name = unsafe { ffi::cstr(name)? };
+        let c = client::get()?;
+        let lib = Library(library as u64);
+        let kernel = {
+            let mut objects = c.objects();
+            let rec = objects.libraries.get_mut(&lib.0).ok_or(CuError::INVALID_HANDLE)?;
+            if let Some(k) = rec.functions.get(name) {
+                *k
+            } else {
+                let info = rec.info.functions.iter().find(|f| f.name == name).cloned().ok_or(CuError::NOT_FOUND)?;
+                let k = c.mint();
+                rec.functions.insert(name.to_owned(), k);
+                objects.kernels.insert(k, KernelRec { library: lib.0, info: Arc::new(info), per_ctx: HashMap::new() });
+                c.send(Request::LibraryGetKernel(calls::LibraryGetKernel::Req { kernel: Kernel(k), library: lib, name: name.to_owned() }), Bytes::new())?;
+                k
+            }
+        };
+        // SAFETY: CUkernel* out-parameter.
+        unsafe { ffi::write(pkernel, kernel as Handle) }
+    }
+}
+
+export! {
+    fn cuLibraryGetGlobal(dptr: *mut CUdeviceptr, bytes: *mut usize, library: Handle, name: *const c_char) {
+        // SAFETY: NUL-terminated name.
+        let name = unsafe { ffi::cstr(name)? };
+        let c = client::get()?;
+        let library = Library(library as u64);
+        if !c.objects().libraries.contains_key(&library.0) {
+            return Err(CuError::INVALID_HANDLE);
+        }
+        let req = calls::LibraryGetGlobal::Req { library, name: name.to_owned(), dptr: (), bytes: () };
+        let (reply, _) = c.call(CallKind::Sync, Request::LibraryGetGlobal(req), Bytes::new())?;
+        let rep = expect_reply!(reply, LibraryGetGlobal)?;
+        // SAFETY: optional out-parameters.
+        unsafe {
+            ffi::write_opt(dptr, rep.dptr);
+            ffi::write_opt(bytes, rep.bytes as usize);
+        }
+        Ok(())
+    }
+}
+
+/// The function a kernel is in the calling thread's current context, minted on first use.
+pub fn kernel_function(c: &Client, kernel: u64) -> Result<(Func, Arc<FunctionInfo>), CuError> {
+    let ctx = context::current();
+    if ctx.is_null() {
+        return Err(CuError::INVALID_CONTEXT);
+    }
+    let mut objects = c.objects();
+    let rec = objects.kernels.get_mut(&kernel).ok_or(CuError::INVALID_HANDLE)?;
+    if let Some(f) = rec.per_ctx.get(&ctx.0) {
+        let f = *f;
+        let info = rec.info.clone();
+        return Ok((Func(f), info));
+    }
+    let f = c.mint();
+    rec.per_ctx.insert(ctx.0, f);
+    let info = rec.info.clone();
+    objects.functions.insert(f, info.clone());
+    c.send(Request::KernelGetFunction(calls::KernelGetFunction::Req { func: Func(f), kernel: Kernel(kernel) }), Bytes::new())?;
+    Ok((Func(f), info))
+}
+
+/// What a `CUfunction` argument names: a function, or (as CUDA 12 allows) a `CUkernel`.
+pub fn resolve_function(c: &Client, h: Handle) -> Result<(Func, Arc<FunctionInfo>), CuError> {
+    let id = h as u64;
+    if let Some(info) = c.objects().functions.get(&id) {
+        return Ok((Func(id), info.clone()));
+    }
+    kernel_function(c, id)
+}
+
+export! {
+    fn cuKernelGetFunction(pfunc: *mut Handle, kernel: Handle) {
+        if pfunc.is_null() {
+            return Err(CuError::INVALID_VALUE);
+        }
+        let c = client::get()?;
+        let (f, _) = kernel_function(c, kernel as u64)?;
+        // SAFETY: CUfunction* out-parameter.
+        unsafe { ffi::write(pfunc, f.0 as Handle) }
+    }
+}
+
+fn function_attribute(info: &FunctionInfo, attrib: c_int) -> Result<c_int, CuError> {
+    let a = &info.attrs;
+    Ok(match attrib {
+        cuda::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK => a.max_threads_per_block,
+        cuda::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES => a.shared_size_bytes,
+        cuda::CU_FUNC_ATTRIBUTE_CONST_SIZE_BYTES => a.const_size_bytes,
+        cuda::CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES => a.local_size_bytes,
+        cuda::CU_FUNC_ATTRIBUTE_NUM_REGS => a.num_regs,
+        cuda::CU_FUNC_ATTRIBUTE_PTX_VERSION => a.ptx_version,
+        cuda::CU_FUNC_ATTRIBUTE_BINARY_VERSION => a.binary_version,
+        cuda::CU_FUNC_ATTRIBUTE_CACHE_MODE_CA => 0,
+        cuda::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES => (48 * 1024 - a.shared_size_bytes).max(0),
+        cuda::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT => -1,
+        a if (0..=16).contains(&a) => 0,
+        _ => return Err(CuError::INVALID_VALUE),
+    })
+}
+
+export! {
+    fn cuFuncGetAttribute(pi: *mut c_int, attrib: c_int, hfunc: Handle) {
+        let c = client::get()?;
+        let (_, info) = resolve_function(c, hfunc)?;
+        let v = function_attribute(&info, attrib)?;
+        // SAFETY: int* out-parameter.
+        unsafe { ffi::write(pi, v) }
+    }
+}
+
+export! {
+    fn cuKernelGetAttribute(pi: *mut c_int, attrib: c_int, kernel: Handle, _dev: c_int) {
+        let c = client::get()?;
+        let info = c.objects().kernels.get(&(kernel as u64)).map(|k| k.info.clone()).ok_or(CuError::INVALID_HANDLE)?;
+        let v = function_attribute(&info, attrib)?;
+        // SAFETY: int* out-parameter.
+        unsafe { ffi::write(pi, v) }
+    }
+}
+
+export! {
+    fn cuFuncGetParamInfo(hfunc: Handle, index: usize, offset: *mut usize, size: *mut usize) {
+        let c = client::get()?;
+        let (_, info) = resolve_function(c, hfunc)?;
+        let p = info.params.get(index).ok_or(CuError::INVALID_VALUE)?;
+        // SAFETY: optional size_t* out-parameters.
+        unsafe {
+            ffi::write_opt(offset, p.offset as usize);
+            ffi::write_opt(size, p.size as usize);
+        }
+        Ok(())
+    }
+}
+
+export! {
+    fn cuFuncGetName(name: *mut *const c_char, hfunc: Handle) {
+        let c = client::get()?;
+        let (_, info) = resolve_function(c, hfunc)?;
+        // The driver hands out a pointer that lives as long as the function: keep one per name.
+        let cname = std::ffi::CString::new(info.name.clone()).map_err(|_| CuError::INVALID_VALUE)?;
+        let leaked: &'static std::ffi::CStr = Box::leak(cname.into_boxed_c_str());
+        // SAFETY: const char** out-parameter.
+        unsafe { ffi::write(name, leaked.as_ptr()) }
+    }
+}

@@ -1,0 +1,332 @@
+//! The connection to the pool and its I/O thread.
+//!
+//! One QUIC connection per process, with mutual TLS. Its ordered lane is one bidirectional
+//! stream: calls go out in the order threads hand them over, and the server answers the ones
+//! that want an answer in that same order, so replies are matched to waiters by a FIFO.
+//! The I/O runs on one thread of its own with a single-threaded tokio runtime; calling threads
+//! hand frames over through a channel and, when they need the answer, park on a one-shot slot.
+
+use std::collections::VecDeque;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cuwire_protocol::frame::{self, RawFrame};
+use cuwire_protocol::handshake::{self, Hello, Welcome};
+use cuwire_protocol::limits::{MAX_FRAME, MAX_HANDSHAKE};
+use cuwire_protocol::ServerMsg;
+use quinn::crypto::rustls::QuicClientConfig;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc as tmpsc;
+
+use crate::config::Config;
+
+/// What a waiting caller gets: the decoded server message and the payload beside it.
+pub type ReplySlot = mpsc::SyncSender<Result<(ServerMsg, Bytes), String>>;
+
+/// One frame to send, with the slot its reply goes to when it wants one.
+pub struct Outgoing {
+    pub head: Bytes,
+    pub payload: Bytes,
+    pub reply: Option<ReplySlot>,
+}
+
+/// The caller's side of the connection.
+pub struct Transport {
+    tx: tmpsc::UnboundedSender<Outgoing>,
+    dead: Arc<DeadFlag>,
+    shutdown: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    io_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Set once the connection is gone, with the reason printed once.
+#[derive(Default)]
+pub struct DeadFlag {
+    dead: AtomicBool,
+    reason: Mutex<Option<String>>,
+}
+
+impl DeadFlag {
+    pub fn set(&self, reason: String) {
+        if !self.dead.swap(true, Ordering::SeqCst) {
+            eprintln!("cuwire: connection to the pool lost: {reason}");
+            *self.reason.lock().unwrap() = Some(reason);
+        }
+    }
+    pub fn is_set(&self) -> bool {
+        self.dead.load(Ordering::Relaxed)
+    }
+}
+
+/// What the handshake told us.
+pub struct Session {
+    pub transport: Transport,
+    pub welcome: Welcome,
+}
+
+impl Transport {
+    /// Hands a frame to the I/O thread. Fails once the connection is gone.
+    pub fn send(&self, out: Outgoing) -> Result<(), String> {
+        if self.dead.is_set() {
+            return Err("connection lost".into());
+        }
+        self.tx.send(out).map_err(|_| "connection lost".to_string())
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.dead.is_set()
+    }
+
+    /// Closes the connection cleanly (at process exit), so the server frees our resources at
+    /// once instead of waiting for the idle timeout.
+    pub fn close(&self) {
+        if let Some(tx) = self.shutdown.lock().unwrap().take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.io_thread.lock().unwrap().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn load_client_tls(cfg: &Config) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    let cas = CertificateDer::pem_file_iter(&cfg.ca)
+        .map_err(|e| format!("cannot read CUWIRE_CA {}: {e}", cfg.ca.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("CUWIRE_CA {} is not PEM: {e}", cfg.ca.display()))?;
+    for ca in cas {
+        roots.add(ca).map_err(|e| format!("CUWIRE_CA {}: {e}", cfg.ca.display()))?;
+    }
+    let chain = CertificateDer::pem_file_iter(&cfg.cert)
+        .map_err(|e| format!("cannot read CUWIRE_CERT {}: {e}", cfg.cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("CUWIRE_CERT {} is not PEM: {e}", cfg.cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&cfg.key).map_err(|e| format!("cannot read CUWIRE_KEY {}: {e}", cfg.key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| format!("CUWIRE_CERT/CUWIRE_KEY: {e}"))?;
+    tls.alpn_protocols = vec![handshake::ALPN.to_vec()];
+    Ok(tls)
+}
+
+/// Explains a connection error in the words a user needs.
+fn explain(e: &quinn::ConnectionError) -> String {
+    use quinn::ConnectionError as E;
+    match e {
+        E::ConnectionClosed(c) if (0x100..0x200).contains(&u64::from(c.error_code)) => {
+            let alert = u64::from(c.error_code) - 0x100;
+            let what = match alert {
+                42 | 43 | 44 | 45 | 46 | 48 | 116 => "the server refused this client's certificate",
+                _ => "the TLS handshake failed",
+            };
+            format!("{what} (TLS alert {alert}: {})", String::from_utf8_lossy(&c.reason))
+        }
+        E::TransportError(t) => format!("TLS/QUIC error: {t}"),
+        E::ApplicationClosed(a) => format!("the server closed the connection: {}", String::from_utf8_lossy(&a.reason)),
+        E::TimedOut => "the server did not answer (timed out)".into(),
+        other => other.to_string(),
+    }
+}
+
+async fn read_frame(recv: &mut quinn::RecvStream, limit: usize) -> Result<RawFrame, String> {
+    let mut prefix = [0u8; 4];
+    recv.read_exact(&mut prefix).await.map_err(|e| match e {
+        quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c)) => explain(&c),
+        other => other.to_string(),
+    })?;
+    let len = frame::body_len(prefix, limit).map_err(|e| e.to_string())?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+    frame::split_body(Bytes::from(body)).map_err(|e| e.to_string())
+}
+
+/// Connects, shakes hands and starts the I/O thread. Bounded by the connect timeout.
+pub fn connect(cfg: &Config) -> Result<Session, String> {
+    let tls = load_client_tls(cfg)?;
+    let addr: SocketAddr = cfg
+        .server
+        .to_socket_addrs()
+        .map_err(|e| format!("CUWIRE_SERVER={}: {e}", cfg.server))?
+        .next()
+        .ok_or_else(|| format!("CUWIRE_SERVER={} resolves to no address", cfg.server))?;
+    let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<Welcome, String>>(1);
+    let (tx, rx) = tmpsc::unbounded_channel::<Outgoing>();
+    let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let dead = Arc::new(DeadFlag::default());
+    let dead_io = dead.clone();
+    let cfg2 = cfg.clone();
+    let io_thread = std::thread::Builder::new()
+        .name("cuwire-io".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("cannot start the I/O runtime: {e}")));
+                    return;
+                }
+            };
+            rt.block_on(io_main(cfg2, addr, tls, ready_tx, rx, shutdown_rx, dead_io));
+        })
+        .map_err(|e| format!("cannot start the I/O thread: {e}"))?;
+    // The I/O thread enforces the timeout; the extra second only guards against a stuck thread.
+    let welcome = match ready_rx.recv_timeout(cfg.connect_timeout + Duration::from_secs(1)) {
+        Ok(Ok(w)) => w,
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err(format!("no answer from {} within {:?}", cfg.server, cfg.connect_timeout)),
+    };
+    Ok(Session {
+        transport: Transport { tx, dead, shutdown: Mutex::new(Some(shutdown_tx)), io_thread: Mutex::new(Some(io_thread)) },
+        welcome,
+    })
+}
+
+async fn handshake(
+    cfg: &Config,
+    addr: SocketAddr,
+    tls: rustls::ClientConfig,
+) -> Result<(quinn::Endpoint, quinn::Connection, quinn::SendStream, quinn::RecvStream, Welcome), String> {
+    let bind: SocketAddr = if addr.is_ipv6() { "[::]:0".parse().unwrap() } else { "0.0.0.0:0".parse().unwrap() };
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
+    let mut client_cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_idle_timeout(Some(quinn::IdleTimeout::try_from(cfg.idle_timeout).map_err(|e| e.to_string())?))
+        .keep_alive_interval(Some(cfg.idle_timeout / 3))
+        .stream_receive_window(quinn::VarInt::from_u32(64 << 20))
+        .receive_window(quinn::VarInt::from_u32(256 << 20))
+        .send_window(256 << 20);
+    client_cfg.transport_config(Arc::new(transport));
+    endpoint.set_default_client_config(client_cfg);
+    let conn = endpoint
+        .connect(addr, &cfg.server_name)
+        .map_err(|e| format!("cannot connect to {}: {e}", cfg.server))?
+        .await
+        .map_err(|e| format!("cannot connect to {}: {}", cfg.server, explain(&e)))?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| explain(&e))?;
+    let hello = Hello::new(std::process::id(), hostname());
+    let head = frame::encode(&hello, 0).map_err(|e| e.to_string())?;
+    send.write_all(&head).await.map_err(|e| match e {
+        quinn::WriteError::ConnectionLost(c) => explain(&c),
+        other => other.to_string(),
+    })?;
+    let raw = read_frame(&mut recv, MAX_HANDSHAKE).await?;
+    let welcome: Welcome = raw.decode().map_err(|e| format!("the server's welcome does not decode: {e}"))?;
+    Ok((endpoint, conn, send, recv, welcome))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "unknown".into())
+}
+
+async fn io_main(
+    cfg: Config,
+    addr: SocketAddr,
+    tls: rustls::ClientConfig,
+    ready: mpsc::SyncSender<Result<Welcome, String>>,
+    mut rx: tmpsc::UnboundedReceiver<Outgoing>,
+    shutdown: tokio::sync::oneshot::Receiver<()>,
+    dead: Arc<DeadFlag>,
+) {
+    let (endpoint, conn, mut send, mut recv, welcome) = match tokio::time::timeout(cfg.connect_timeout, handshake(&cfg, addr, tls)).await {
+        Ok(Ok(parts)) => parts,
+        Ok(Err(e)) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+        Err(_) => {
+            let _ = ready.send(Err(format!("no answer from {} within {:?}", cfg.server, cfg.connect_timeout)));
+            return;
+        }
+    };
+    // A refusal is the last word; an acceptance starts the lane.
+    if let Welcome::Refused { .. } = &welcome {
+        let _ = ready.send(Ok(welcome));
+        conn.close(0u32.into(), b"refused");
+        endpoint.wait_idle().await;
+        return;
+    }
+    let _ = ready.send(Ok(welcome));
+
+    let pending: Arc<Mutex<VecDeque<ReplySlot>>> = Arc::default();
+    let pending_reader = pending.clone();
+    let reader = async move {
+        loop {
+            let raw = match read_frame(&mut recv, MAX_FRAME).await {
+                Ok(raw) => raw,
+                Err(e) => return e,
+            };
+            let msg: ServerMsg = match raw.decode() {
+                Ok(m) => m,
+                Err(e) => return format!("undecodable message from the server: {e}"),
+            };
+            match msg {
+                ServerMsg::Stdout(text) => {
+                    use std::io::Write;
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(&text);
+                    let _ = out.flush();
+                }
+                ServerMsg::Goodbye { reason } => return format!("the server ended the session: {reason}"),
+                reply @ ServerMsg::Reply { .. } => {
+                    let slot = pending_reader.lock().unwrap().pop_front();
+                    match slot {
+                        Some(slot) => {
+                            let _ = slot.send(Ok((reply, raw.payload)));
+                        }
+                        None => return "a reply nobody waited for".into(),
+                    }
+                }
+            }
+        }
+    };
+    let pending_writer = pending.clone();
+    let writer = async move {
+        while let Some(out) = rx.recv().await {
+            if let Some(slot) = out.reply {
+                pending_writer.lock().unwrap().push_back(slot);
+            }
+            let mut chunks = [out.head, out.payload];
+            if let Err(e) = send.write_all_chunks(&mut chunks).await {
+                return match e {
+                    quinn::WriteError::ConnectionLost(c) => explain(&c),
+                    other => other.to_string(),
+                };
+            }
+        }
+        let _ = send.shutdown().await;
+        "the client closed".to_string()
+    };
+    let reason = tokio::select! {
+        r = reader => r,
+        w = writer => w,
+        _ = shutdown => {
+            conn.close(0u32.into(), b"client exit");
+            // Give the close a moment to reach the server, without holding up the exit.
+            let _ = tokio::time::timeout(Duration::from_millis(200), endpoint.wait_idle()).await;
+            dead.set_quietly();
+            return;
+        }
+    };
+    dead.set(reason.clone());
+    // Wake everyone still waiting: their calls fail.
+    for slot in pending.lock().unwrap().drain(..) {
+        let _ = slot.send(Err(reason.clone()));
+    }
+    conn.close(0u32.into(), b"client gone");
+}
+
+impl DeadFlag {
+    fn set_quietly(&self) {
+        self.dead.store(true, Ordering::SeqCst);
+    }
+}

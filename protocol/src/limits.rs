@@ -1,0 +1,15 @@
+//! Hard limits, checked before anything is allocated.
+
+/// The largest encoded message (the part of a frame that bincode decodes).
+pub const MAX_MESSAGE: usize = 1 << 20;
+/// The largest payload one frame carries. Larger copies are chunked; larger module images are
+/// refused with CUDA_ERROR_INVALID_VALUE before anything is sent.
+pub const MAX_PAYLOAD: usize = 64 << 20;
+/// The largest frame body (message length word + message + payload).
+pub const MAX_FRAME: usize = 4 + MAX_MESSAGE + MAX_PAYLOAD;
+/// Host-to-device and device-to-host copies travel in chunks of this size, pipelined.
+pub const COPY_CHUNK: usize = 4 << 20;
+/// The largest handshake frame.
+pub const MAX_HANDSHAKE: usize = 64 << 10;
+/// The longest name (function, kernel, global, host) accepted in a message.
+pub const MAX_NAME: usize = 4096;

@@ -1,0 +1,280 @@
+//! The QUIC endpoint: mutual TLS, the cuwire handshake, connection limits, and one session per
+//! connection with its lane driven by two tasks (reader, writer) and one worker thread that
+//! runs the session's calls in order.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use cuwire_protocol::frame::{self, RawFrame};
+use cuwire_protocol::handshake::{self, Hello, Welcome};
+use cuwire_protocol::limits::{MAX_FRAME, MAX_HANDSHAKE};
+use cuwire_protocol::{Call, ServerMsg};
+use quinn::crypto::rustls::QuicServerConfig;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::backend::Backend;
+use crate::session::Session;
+
+/// QUIC application error codes the server closes connections with.
+pub mod close_codes {
+    pub const SHUTDOWN: u32 = 0;
+    pub const PROTOCOL_VIOLATION: u32 = 1;
+    pub const REFUSED: u32 = 2;
+    pub const BUSY: u32 = 3;
+}
+
+pub struct ListenerConfig {
+    pub listen: SocketAddr,
+    pub idle_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub max_connections: usize,
+}
+
+pub struct Listener {
+    endpoint: quinn::Endpoint,
+    backend: Arc<dyn Backend>,
+    cfg: ListenerConfig,
+}
+
+fn server_tls(certs: &Path) -> Result<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let ca_path = cuwire_certs::ca_pem(certs);
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(&ca_path).with_context(|| format!("reading {}", ca_path.display()))? {
+        roots.add(ca?)?;
+    }
+    let chain = CertificateDer::pem_file_iter(cuwire_certs::server_pem(certs))
+        .with_context(|| format!("reading {}", cuwire_certs::server_pem(certs).display()))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(cuwire_certs::server_key(certs))
+        .with_context(|| format!("reading {}", cuwire_certs::server_key(certs).display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // Client certificates are required and must chain to the pool CA.
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    tls.alpn_protocols = vec![handshake::ALPN.to_vec()];
+    Ok(tls)
+}
+
+/// The tenant a client certificate names: its subject's common name.
+pub fn tenant_of(conn: &quinn::Connection) -> Option<String> {
+    let identity = conn.peer_identity()?;
+    let certs = identity.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?.as_ref()).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_owned();
+    Some(cn)
+}
+
+impl Listener {
+    pub fn bind(cfg: ListenerConfig, certs: &Path, backend: Arc<dyn Backend>) -> Result<Listener> {
+        let tls = server_tls(certs)?;
+        let crypto = QuicServerConfig::try_from(tls)?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_idle_timeout(Some(quinn::IdleTimeout::try_from(cfg.idle_timeout)?))
+            // One lane per connection today; a few spare for bulk streams.
+            .max_concurrent_bidi_streams(quinn::VarInt::from_u32(4))
+            .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))
+            .stream_receive_window(quinn::VarInt::from_u32(64 << 20))
+            .receive_window(quinn::VarInt::from_u32(256 << 20))
+            .send_window(256 << 20);
+        server.transport_config(Arc::new(transport));
+        let endpoint = quinn::Endpoint::server(server, cfg.listen).with_context(|| format!("binding {}", cfg.listen))?;
+        Ok(Listener { endpoint, backend, cfg })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.endpoint.local_addr()?)
+    }
+
+    /// Serves until `shutdown` resolves, then closes every connection and waits briefly for
+    /// them to go.
+    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) {
+        let slots = Arc::new(Semaphore::new(self.cfg.max_connections));
+        let next_session = Arc::new(AtomicU64::new(1));
+        tokio::pin!(shutdown);
+        loop {
+            let incoming = tokio::select! {
+                i = self.endpoint.accept() => match i { Some(i) => i, None => break },
+                _ = &mut shutdown => break,
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(remote = %incoming.remote_address(), "refused: connection limit reached");
+                incoming.refuse();
+                continue;
+            };
+            let backend = self.backend.clone();
+            let next = next_session.clone();
+            let handshake_timeout = self.cfg.handshake_timeout;
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                if let Err(e) = connection(incoming, backend, next, handshake_timeout).await {
+                    tracing::info!(%remote, "connection ended: {e:#}");
+                }
+                drop(permit);
+            });
+        }
+        tracing::info!("shutting down");
+        self.endpoint.close(close_codes::SHUTDOWN.into(), b"server shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
+
+async fn read_frame(recv: &mut quinn::RecvStream, limit: usize) -> Result<Option<RawFrame>> {
+    let mut prefix = [0u8; 4];
+    match recv.read_exact(&mut prefix).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    // Checked before anything is allocated for the body.
+    let len = frame::body_len(prefix, limit)?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await?;
+    Ok(Some(frame::split_body(Bytes::from(body))?))
+}
+
+async fn write_msg(send: &mut quinn::SendStream, msg: &ServerMsg, payload: Bytes) -> Result<()> {
+    let head = frame::encode(msg, payload.len())?;
+    send.write_all_chunks(&mut [head, payload]).await?;
+    Ok(())
+}
+
+async fn connection(incoming: quinn::Incoming, backend: Arc<dyn Backend>, next: Arc<AtomicU64>, handshake_timeout: Duration) -> Result<()> {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(%remote, "handshake refused: {e}");
+            return Ok(());
+        }
+    };
+    let Some(tenant) = tenant_of(&conn) else {
+        tracing::warn!(%remote, "handshake refused: the client certificate names no tenant");
+        conn.close(close_codes::REFUSED.into(), b"client certificate names no tenant");
+        return Ok(());
+    };
+    let opened = tokio::time::timeout(handshake_timeout, async {
+        let (send, mut recv) = conn.accept_bi().await?;
+        let hello = read_frame(&mut recv, MAX_HANDSHAKE).await?.context("stream closed before the hello")?;
+        anyhow::Ok((send, recv, hello))
+    })
+    .await;
+    let (mut send, recv, hello) = match opened {
+        Ok(Ok(parts)) => parts,
+        Ok(Err(e)) => {
+            tracing::warn!(%remote, %tenant, "handshake failed: {e:#}");
+            conn.close(close_codes::PROTOCOL_VIOLATION.into(), b"bad handshake");
+            return Ok(());
+        }
+        Err(_) => {
+            tracing::warn!(%remote, %tenant, "handshake timed out");
+            conn.close(close_codes::PROTOCOL_VIOLATION.into(), b"handshake timed out");
+            return Ok(());
+        }
+    };
+    let hello: Hello = match hello.decode() {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(%remote, %tenant, "handshake refused: undecodable hello: {e}");
+            conn.close(close_codes::PROTOCOL_VIOLATION.into(), b"undecodable hello");
+            return Ok(());
+        }
+    };
+    if let Err(reason) = handshake::check_version(handshake::PROTOCOL_VERSION, hello.protocol_version, "client") {
+        tracing::warn!(%remote, %tenant, client = %hello.build_id, "handshake refused: {reason}");
+        let head = frame::encode(&Welcome::Refused { reason: reason.clone() }, 0)?;
+        let _ = send.write_all(&head).await;
+        let _ = send.finish();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        conn.close(close_codes::REFUSED.into(), reason.as_bytes());
+        return Ok(());
+    }
+
+    let id = next.fetch_add(1, Ordering::Relaxed);
+    let devices: Vec<usize> = (0..backend.device_count()).collect();
+    let welcome = Welcome::Accepted {
+        protocol_version: handshake::PROTOCOL_VERSION,
+        server_build: handshake::BUILD_ID.into(),
+        session: id,
+        tenant: tenant.clone(),
+        driver_version: backend.driver_version(),
+        devices: devices.iter().map(|d| backend.device_info(*d)).collect(),
+    };
+    send.write_all(&frame::encode(&welcome, 0)?).await?;
+    tracing::info!(session = id, %tenant, %remote, pid = hello.pid, host = %hello.host, client = %hello.build_id, "session opened");
+
+    let session = Session::new(id, tenant.clone(), backend, devices);
+    let result = run_lane(&conn, session, send, recv).await;
+    match &result {
+        Ok(()) => tracing::info!(session = id, %tenant, "session closed"),
+        Err(e) => tracing::info!(session = id, %tenant, "session ended: {e:#}"),
+    }
+    Ok(())
+}
+
+/// Drives one session: frames in, calls run in order on the session's worker thread, replies
+/// out in the same order.
+async fn run_lane(conn: &quinn::Connection, mut session: Session, mut send: quinn::SendStream, mut recv: quinn::RecvStream) -> Result<()> {
+    let (call_tx, mut call_rx) = mpsc::channel::<(Call, Bytes)>(256);
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<(ServerMsg, Bytes)>();
+    let session_id = session.id;
+    // The worker owns the session; when the calls stop coming it frees what the session held.
+    let worker = std::thread::Builder::new().name(format!("session-{session_id}")).spawn(move || {
+        while let Some((call, payload)) = call_rx.blocking_recv() {
+            for msg in session.handle(call, payload).messages {
+                if out_tx.send(msg).is_err() {
+                    break;
+                }
+            }
+        }
+        session.close();
+    })?;
+    let writer = async {
+        while let Some((msg, payload)) = out_rx.recv().await {
+            write_msg(&mut send, &msg, payload).await?;
+        }
+        anyhow::Ok(())
+    };
+    let reader = async {
+        loop {
+            let raw = match read_frame(&mut recv, MAX_FRAME).await {
+                Ok(Some(raw)) => raw,
+                Ok(None) => return anyhow::Ok(()),
+                Err(e) => {
+                    conn.close(close_codes::PROTOCOL_VIOLATION.into(), format!("bad frame: {e}").as_bytes());
+                    return Err(e.context("bad frame"));
+                }
+            };
+            let call: Call = match raw.decode() {
+                Ok(c) => c,
+                Err(e) => {
+                    conn.close(close_codes::PROTOCOL_VIOLATION.into(), format!("undecodable call: {e}").as_bytes());
+                    anyhow::bail!("undecodable call: {e}");
+                }
+            };
+            if call_tx.send((call, raw.payload)).await.is_err() {
+                return Ok(());
+            }
+        }
+    };
+    let result = tokio::select! {
+        r = reader => r,
+        w = writer => w,
+        e = conn.closed() => Err(anyhow::anyhow!("{e}")),
+    };
+    // Dropping the channel ends the worker, which frees the session's resources.
+    drop(call_tx);
+    let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    result
+}

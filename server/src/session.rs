@@ -1,0 +1,646 @@
+//! One session per client connection: the tenant's own handle tables, pointer checks and the
+//! latched error of its lane. This is the server-side meaning of every forwarded call
+//! ([`Handler`]); it never trusts the client: every handle is looked up in this session's own
+//! tables, every device range is checked against this session's own allocations, and the
+//! backend only ever sees objects the session created.
+//!
+//! The session is sans-IO: [`Session::handle`] takes one call and returns what to send back,
+//! so it is tested without a network.
+#![forbid(unsafe_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cuwire_protocol::api::Payload;
+use cuwire_protocol::limits::{MAX_NAME, MAX_PAYLOAD};
+use cuwire_protocol::{
+    calls, dispatch, Call, CallKind, Ctx, CuError, CuResult, DevPtr, Event, Func, Handler, Kernel, Latched, Library, Module, ModuleInfo,
+    ServerMsg, Stream,
+};
+
+use crate::backend::{Backend, Id, DEFAULT_STREAM};
+
+/// What a session sends back for one call: messages in order, the last one possibly with a
+/// payload.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub messages: Vec<(ServerMsg, Bytes)>,
+}
+
+struct CtxEntry {
+    dev: usize,
+    id: Id,
+    primary: bool,
+    /// A kernel fault poisons the context for good, as on a GPU.
+    sticky: Option<CuError>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct PrimaryEntry {
+    ctx: Option<Ctx>,
+    refs: u32,
+    flags: u32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RangeKind {
+    Allocation,
+    /// A module variable (registered when the client looks it up).
+    Global(Module),
+}
+
+#[derive(Clone, Copy)]
+struct Range {
+    size: u64,
+    ctx: Ctx,
+    kind: RangeKind,
+}
+
+struct LibraryEntry {
+    image: Bytes,
+    info: ModuleInfo,
+    /// The library loaded as a module in each context that used it.
+    loaded: HashMap<Ctx, Id>,
+}
+
+/// Counts of what a session holds, for status and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Holdings {
+    pub contexts: usize,
+    pub allocations: usize,
+    pub bytes: u64,
+    pub streams: usize,
+    pub events: usize,
+    pub modules: usize,
+}
+
+pub struct Session {
+    pub id: u64,
+    pub tenant: String,
+    backend: Arc<dyn Backend>,
+    /// The tenant's devices 0..k-1, as backend device ordinals.
+    devices: Vec<usize>,
+    current: Ctx,
+    contexts: HashMap<Ctx, CtxEntry>,
+    primary: Vec<PrimaryEntry>,
+    streams: HashMap<Stream, (Ctx, Id)>,
+    events: HashMap<Event, (Ctx, Id)>,
+    modules: HashMap<Module, (Ctx, Id)>,
+    functions: HashMap<Func, (Ctx, Id)>,
+    libraries: HashMap<Library, LibraryEntry>,
+    kernels: HashMap<Kernel, (Library, String)>,
+    ranges: BTreeMap<DevPtr, Range>,
+    latched: Option<Latched>,
+}
+
+fn ready(done: bool) -> CuResult<()> {
+    if done {
+        Ok(())
+    } else {
+        Err(CuError::NOT_READY)
+    }
+}
+
+fn check_name(name: &str) -> CuResult<()> {
+    if name.len() > MAX_NAME {
+        Err(CuError::INVALID_VALUE)
+    } else {
+        Ok(())
+    }
+}
+
+impl Session {
+    pub fn new(id: u64, tenant: String, backend: Arc<dyn Backend>, devices: Vec<usize>) -> Self {
+        Session {
+            id,
+            tenant,
+            primary: vec![PrimaryEntry::default(); devices.len()],
+            devices,
+            backend,
+            current: Ctx::NULL,
+            contexts: HashMap::new(),
+            streams: HashMap::new(),
+            events: HashMap::new(),
+            modules: HashMap::new(),
+            functions: HashMap::new(),
+            libraries: HashMap::new(),
+            kernels: HashMap::new(),
+            ranges: BTreeMap::new(),
+            latched: None,
+        }
+    }
+
+    /// Runs one call and says what to send back.
+    pub fn handle(&mut self, call: Call, payload: Bytes) -> Outcome {
+        let Call { seq, ctx, kind, request } = call;
+        let function = request.function();
+        self.current = ctx;
+        let mut io = Payload { input: payload, output: Bytes::new() };
+        let result = dispatch(self, request, &mut io);
+        let mut out = Outcome::default();
+        match kind {
+            CallKind::Async => {
+                if let Err(error) = result {
+                    tracing::debug!(session = self.id, seq, function = function.name(), %error, "fire-and-forget call failed; latched");
+                    if self.latched.is_none() {
+                        self.latched = Some(Latched { error, seq, function: function.name().into() });
+                    }
+                }
+            }
+            CallKind::Sync | CallKind::Barrier => {
+                let latched = if kind == CallKind::Barrier { self.latched.take() } else { None };
+                if kind == CallKind::Barrier {
+                    let text = self.take_output();
+                    if !text.is_empty() {
+                        out.messages.push((ServerMsg::Stdout(text), Bytes::new()));
+                    }
+                }
+                let payload = if result.is_ok() { std::mem::take(&mut io.output) } else { Bytes::new() };
+                out.messages.push((ServerMsg::Reply { seq, result, latched }, payload));
+            }
+        }
+        out
+    }
+
+    /// Device printf text of every context of the session.
+    fn take_output(&mut self) -> Vec<u8> {
+        let mut text = Vec::new();
+        for c in self.contexts.values() {
+            text.extend(self.backend.take_output(c.id));
+        }
+        text
+    }
+
+    /// What the session holds right now.
+    pub fn holdings(&self) -> Holdings {
+        let allocs: Vec<&Range> = self.ranges.values().filter(|r| r.kind == RangeKind::Allocation).collect();
+        Holdings {
+            contexts: self.contexts.len(),
+            allocations: allocs.len(),
+            bytes: allocs.iter().map(|r| r.size).sum(),
+            streams: self.streams.len(),
+            events: self.events.len(),
+            modules: self.modules.len(),
+        }
+    }
+
+    /// Frees everything the session holds (the client went away).
+    pub fn close(&mut self) {
+        let ids: Vec<Id> = self.contexts.values().map(|c| c.id).collect();
+        for id in ids {
+            let _ = self.backend.ctx_destroy(id);
+        }
+        self.contexts.clear();
+        self.streams.clear();
+        self.events.clear();
+        self.modules.clear();
+        self.functions.clear();
+        self.libraries.clear();
+        self.kernels.clear();
+        self.ranges.clear();
+    }
+
+    // ---- lookups: every client handle goes through these
+
+    fn device(&self, dev: i32) -> CuResult<usize> {
+        usize::try_from(dev).ok().and_then(|d| self.devices.get(d).copied()).ok_or(CuError::INVALID_DEVICE)
+    }
+
+    fn ctx_entry(&self, ctx: Ctx) -> CuResult<&CtxEntry> {
+        let c = self.contexts.get(&ctx).ok_or(CuError::INVALID_CONTEXT)?;
+        match c.sticky {
+            Some(e) => Err(e),
+            None => Ok(c),
+        }
+    }
+
+    /// The current context's backend id.
+    fn cur(&self) -> CuResult<Id> {
+        self.ctx_entry(self.current).map(|c| c.id)
+    }
+
+    /// Marks a context poisoned when the backend reports a sticky fault.
+    fn note<T>(&mut self, ctx: Ctx, r: CuResult<T>) -> CuResult<T> {
+        if let Err(e) = &r {
+            if e.is_sticky() {
+                if let Some(c) = self.contexts.get_mut(&ctx) {
+                    c.sticky.get_or_insert(*e);
+                }
+            }
+        }
+        r
+    }
+
+    /// The context and backend stream an operation on `stream` runs in: the stream's own
+    /// context for a created stream, the current context for a default stream.
+    fn stream(&self, stream: Stream) -> CuResult<(Ctx, Id, Id)> {
+        if stream.is_default() {
+            let ctx = self.current;
+            return Ok((ctx, self.ctx_entry(ctx)?.id, DEFAULT_STREAM));
+        }
+        let (ctx, id) = *self.streams.get(&stream).ok_or(CuError::INVALID_HANDLE)?;
+        Ok((ctx, self.ctx_entry(ctx)?.id, id))
+    }
+
+    fn event(&self, event: Event) -> CuResult<(Ctx, Id, Id)> {
+        let (ctx, id) = *self.events.get(&event).ok_or(CuError::INVALID_HANDLE)?;
+        Ok((ctx, self.ctx_entry(ctx)?.id, id))
+    }
+
+    /// Checks that `[ptr, ptr+len)` lies inside one of this session's allocations (or looked-up
+    /// module variables) of context `ctx`.
+    fn check_range(&self, ctx: Ctx, ptr: DevPtr, len: u64) -> CuResult<()> {
+        let (base, r) = self.ranges.range(..=ptr).next_back().ok_or(CuError::INVALID_VALUE)?;
+        let end = ptr.checked_add(len).ok_or(CuError::INVALID_VALUE)?;
+        if r.ctx == ctx && end <= base + r.size {
+            Ok(())
+        } else {
+            Err(CuError::INVALID_VALUE)
+        }
+    }
+
+    fn new_handle<K: std::hash::Hash + Eq, V>(map: &HashMap<K, V>, k: &K, null: bool) -> CuResult<()> {
+        if null || map.contains_key(k) {
+            Err(CuError::INVALID_VALUE)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn destroy_ctx(&mut self, ctx: Ctx) -> CuResult<()> {
+        let entry = self.contexts.remove(&ctx).ok_or(CuError::INVALID_CONTEXT)?;
+        self.streams.retain(|_, (c, _)| *c != ctx);
+        self.events.retain(|_, (c, _)| *c != ctx);
+        self.modules.retain(|_, (c, _)| *c != ctx);
+        self.functions.retain(|_, (c, _)| *c != ctx);
+        self.ranges.retain(|_, r| r.ctx != ctx);
+        for lib in self.libraries.values_mut() {
+            lib.loaded.remove(&ctx);
+        }
+        self.backend.ctx_destroy(entry.id)
+    }
+
+    /// Loads a library into a context on first use there.
+    fn library_module(&mut self, library: Library, ctx: Ctx) -> CuResult<Id> {
+        let cid = self.ctx_entry(ctx)?.id;
+        let lib = self.libraries.get(&library).ok_or(CuError::INVALID_HANDLE)?;
+        if let Some(id) = lib.loaded.get(&ctx) {
+            return Ok(*id);
+        }
+        let image = lib.image.clone();
+        let loaded = self.backend.module_load(cid, &image)?;
+        self.libraries.get_mut(&library).expect("checked").loaded.insert(ctx, loaded.id);
+        Ok(loaded.id)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+#[allow(non_snake_case)]
+impl Handler for Session {
+    fn cuDeviceGetAttribute(
+        &mut self,
+        req: calls::cuDeviceGetAttribute::Req,
+        _: &mut Payload,
+    ) -> CuResult<calls::cuDeviceGetAttribute::Rep> {
+        let dev = self.device(req.dev)?;
+        Ok(calls::cuDeviceGetAttribute::Rep { pi: self.backend.device_attribute(dev, req.attrib)?, ..Default::default() })
+    }
+
+    fn CtxCreate(&mut self, req: calls::CtxCreate::Req, _: &mut Payload) -> CuResult<calls::CtxCreate::Rep> {
+        Self::new_handle(&self.contexts, &req.ctx, req.ctx.is_null())?;
+        let dev = self.device(req.dev)?;
+        let id = self.backend.ctx_create(dev, req.flags)?;
+        self.contexts.insert(req.ctx, CtxEntry { dev, id, primary: false, sticky: None });
+        Ok(Default::default())
+    }
+
+    fn CtxDestroy(&mut self, req: calls::CtxDestroy::Req, _: &mut Payload) -> CuResult<calls::CtxDestroy::Rep> {
+        match self.contexts.get(&req.ctx) {
+            Some(c) if !c.primary => self.destroy_ctx(req.ctx).map(|_| Default::default()),
+            _ => Err(CuError::INVALID_CONTEXT),
+        }
+    }
+
+    fn PrimaryCtxRetain(&mut self, req: calls::PrimaryCtxRetain::Req, _: &mut Payload) -> CuResult<calls::PrimaryCtxRetain::Rep> {
+        let dev = self.device(req.dev)?;
+        let slot = self.primary[req.dev as usize];
+        match slot.ctx {
+            Some(ctx) if ctx == req.ctx && self.contexts.contains_key(&ctx) => {}
+            Some(ctx) if ctx != req.ctx => return Err(CuError::INVALID_VALUE),
+            _ => {
+                Self::new_handle(&self.contexts, &req.ctx, req.ctx.is_null())?;
+                let id = self.backend.ctx_create(dev, slot.flags)?;
+                self.contexts.insert(req.ctx, CtxEntry { dev, id, primary: true, sticky: None });
+                self.primary[req.dev as usize].ctx = Some(req.ctx);
+            }
+        }
+        self.primary[req.dev as usize].refs += 1;
+        Ok(Default::default())
+    }
+
+    fn PrimaryCtxRelease(&mut self, req: calls::PrimaryCtxRelease::Req, _: &mut Payload) -> CuResult<calls::PrimaryCtxRelease::Rep> {
+        self.device(req.dev)?;
+        let slot = &mut self.primary[req.dev as usize];
+        let ctx = slot.ctx.ok_or(CuError::INVALID_CONTEXT)?;
+        if slot.refs == 0 {
+            return Err(CuError::INVALID_CONTEXT);
+        }
+        slot.refs -= 1;
+        if slot.refs == 0 {
+            // The last reference gone: the primary context and all it holds go too.
+            self.destroy_ctx(ctx)?;
+        }
+        Ok(Default::default())
+    }
+
+    fn PrimaryCtxReset(&mut self, req: calls::PrimaryCtxReset::Req, _: &mut Payload) -> CuResult<calls::PrimaryCtxReset::Rep> {
+        self.device(req.dev)?;
+        let slot = &mut self.primary[req.dev as usize];
+        slot.refs = 0;
+        if let Some(ctx) = slot.ctx {
+            if self.contexts.contains_key(&ctx) {
+                self.destroy_ctx(ctx)?;
+            }
+        }
+        Ok(Default::default())
+    }
+
+    fn PrimaryCtxSetFlags(&mut self, req: calls::PrimaryCtxSetFlags::Req, _: &mut Payload) -> CuResult<calls::PrimaryCtxSetFlags::Rep> {
+        self.device(req.dev)?;
+        self.primary[req.dev as usize].flags = req.flags;
+        Ok(Default::default())
+    }
+
+    fn cuCtxSynchronize(&mut self, _: calls::cuCtxSynchronize::Req, _: &mut Payload) -> CuResult<calls::cuCtxSynchronize::Rep> {
+        let (ctx, id) = (self.current, self.cur()?);
+        let r = self.backend.ctx_synchronize(id);
+        self.note(ctx, r).map(|_| Default::default())
+    }
+
+    fn cuMemGetInfo_v2(&mut self, _: calls::cuMemGetInfo_v2::Req, _: &mut Payload) -> CuResult<calls::cuMemGetInfo_v2::Rep> {
+        let dev = self.ctx_entry(self.current)?.dev;
+        let (free, total) = self.backend.mem_info(dev)?;
+        Ok(calls::cuMemGetInfo_v2::Rep { free, total })
+    }
+
+    fn cuMemAlloc_v2(&mut self, req: calls::cuMemAlloc_v2::Req, _: &mut Payload) -> CuResult<calls::cuMemAlloc_v2::Rep> {
+        let (ctx, id) = (self.current, self.cur()?);
+        if req.bytesize == 0 {
+            return Err(CuError::INVALID_VALUE);
+        }
+        let ptr = self.backend.mem_alloc(id, req.bytesize)?;
+        self.ranges.insert(ptr, Range { size: req.bytesize, ctx, kind: RangeKind::Allocation });
+        Ok(calls::cuMemAlloc_v2::Rep { dptr: ptr, ..Default::default() })
+    }
+
+    fn cuMemFree_v2(&mut self, req: calls::cuMemFree_v2::Req, _: &mut Payload) -> CuResult<calls::cuMemFree_v2::Rep> {
+        // Only the base of one of this session's own allocations can be freed.
+        let r = *self.ranges.get(&req.dptr).filter(|r| r.kind == RangeKind::Allocation).ok_or(CuError::INVALID_VALUE)?;
+        let id = self.ctx_entry(r.ctx)?.id;
+        self.backend.mem_free(id, req.dptr)?;
+        self.ranges.remove(&req.dptr);
+        Ok(Default::default())
+    }
+
+    fn cuMemGetAddressRange_v2(
+        &mut self,
+        req: calls::cuMemGetAddressRange_v2::Req,
+        _: &mut Payload,
+    ) -> CuResult<calls::cuMemGetAddressRange_v2::Rep> {
+        let (base, r) = self.ranges.range(..=req.dptr).next_back().ok_or(CuError::NOT_FOUND)?;
+        if req.dptr >= base + r.size {
+            return Err(CuError::NOT_FOUND);
+        }
+        Ok(calls::cuMemGetAddressRange_v2::Rep { pbase: *base, psize: r.size, ..Default::default() })
+    }
+
+    fn MemcpyHtoD(&mut self, req: calls::MemcpyHtoD::Req, io: &mut Payload) -> CuResult<calls::MemcpyHtoD::Rep> {
+        let (ctx, cid, sid) = self.stream(req.stream)?;
+        self.check_range(ctx, req.dst, io.input.len() as u64)?;
+        let r = self.backend.memcpy_htod(cid, sid, req.dst, io.input.clone());
+        self.note(ctx, r).map(|_| Default::default())
+    }
+
+    fn MemcpyDtoH(&mut self, req: calls::MemcpyDtoH::Req, io: &mut Payload) -> CuResult<calls::MemcpyDtoH::Rep> {
+        if req.bytes > MAX_PAYLOAD as u64 {
+            return Err(CuError::INVALID_VALUE);
+        }
+        let (ctx, cid, sid) = self.stream(req.stream)?;
+        self.check_range(ctx, req.src, req.bytes)?;
+        let r = self.backend.memcpy_dtoh(cid, sid, req.src, req.bytes);
+        io.output = self.note(ctx, r)?;
+        Ok(Default::default())
+    }
+
+    fn MemcpyDtoD(&mut self, req: calls::MemcpyDtoD::Req, _: &mut Payload) -> CuResult<calls::MemcpyDtoD::Rep> {
+        let (ctx, cid, sid) = self.stream(req.stream)?;
+        self.check_range(ctx, req.dst, req.bytes)?;
+        self.check_range(ctx, req.src, req.bytes)?;
+        let r = self.backend.memcpy_dtod(cid, sid, req.dst, req.src, req.bytes);
+        self.note(ctx, r).map(|_| Default::default())
+    }
+
+    fn Memset(&mut self, req: calls::Memset::Req, _: &mut Payload) -> CuResult<calls::Memset::Rep> {
+        if !matches!(req.elem_size, 1 | 2 | 4) {
+            return Err(CuError::INVALID_VALUE);
+        }
+        let (ctx, cid, sid) = self.stream(req.stream)?;
+        let bytes = req.count.checked_mul(req.elem_size as u64).ok_or(CuError::INVALID_VALUE)?;
+        if !req.dst.is_multiple_of(req.elem_size as u64) {
+            return Err(CuError::INVALID_VALUE);
+        }
+        self.check_range(ctx, req.dst, bytes)?;
+        let r = self.backend.memset(cid, sid, req.dst, req.value, req.elem_size, req.count);
+        self.note(ctx, r).map(|_| Default::default())
+    }
+
+    fn StreamCreate(&mut self, req: calls::StreamCreate::Req, _: &mut Payload) -> CuResult<calls::StreamCreate::Rep> {
+        Self::new_handle(&self.streams, &req.stream, req.stream.is_default())?;
+        let (ctx, cid) = (self.current, self.cur()?);
+        let id = self.backend.stream_create(cid, req.flags, req.priority)?;
+        self.streams.insert(req.stream, (ctx, id));
+        Ok(Default::default())
+    }
+
+    fn cuStreamDestroy_v2(&mut self, req: calls::cuStreamDestroy_v2::Req, _: &mut Payload) -> CuResult<calls::cuStreamDestroy_v2::Rep> {
+        let (ctx, id) = *self.streams.get(&req.stream).ok_or(CuError::INVALID_HANDLE)?;
+        self.streams.remove(&req.stream);
+        let cid = self.ctx_entry(ctx)?.id;
+        self.backend.stream_destroy(cid, id).map(|_| Default::default())
+    }
+
+    fn cuStreamSynchronize(&mut self, req: calls::cuStreamSynchronize::Req, _: &mut Payload) -> CuResult<calls::cuStreamSynchronize::Rep> {
+        let (ctx, cid, sid) = self.stream(req.stream)?;
+        let r = self.backend.stream_synchronize(cid, sid);
+        self.note(ctx, r).map(|_| Default::default())
+    }
+
+    fn cuStreamQuery(&mut self, req: calls::cuStreamQuery::Req, _: &mut Payload) -> CuResult<calls::cuStreamQuery::Rep> {
+        let (ctx, cid, sid) = self.stream(req.stream)?;
+        let r = self.backend.stream_query(cid, sid);
+        ready(self.note(ctx, r)?).map(|_| Default::default())
+    }
+
+    fn cuStreamWaitEvent(&mut self, req: calls::cuStreamWaitEvent::Req, _: &mut Payload) -> CuResult<calls::cuStreamWaitEvent::Rep> {
+        let (ctx, cid, sid) = self.stream(req.stream)?;
+        let (ectx, _, eid) = self.event(req.event)?;
+        if ectx != ctx {
+            // Cross-context waits are not supported by the backends' per-context tables.
+            return Err(CuError::NOT_SUPPORTED);
+        }
+        self.backend.stream_wait_event(cid, sid, eid, req.flags).map(|_| Default::default())
+    }
+
+    fn EventCreate(&mut self, req: calls::EventCreate::Req, _: &mut Payload) -> CuResult<calls::EventCreate::Rep> {
+        Self::new_handle(&self.events, &req.event, req.event.is_null())?;
+        let (ctx, cid) = (self.current, self.cur()?);
+        let id = self.backend.event_create(cid, req.flags)?;
+        self.events.insert(req.event, (ctx, id));
+        Ok(Default::default())
+    }
+
+    fn cuEventRecord(&mut self, req: calls::cuEventRecord::Req, _: &mut Payload) -> CuResult<calls::cuEventRecord::Rep> {
+        let (ectx, _, eid) = self.event(req.event)?;
+        let (sctx, cid, sid) = self.stream(req.stream)?;
+        if ectx != sctx {
+            return Err(CuError::INVALID_HANDLE);
+        }
+        self.backend.event_record(cid, eid, sid).map(|_| Default::default())
+    }
+
+    fn cuEventSynchronize(&mut self, req: calls::cuEventSynchronize::Req, _: &mut Payload) -> CuResult<calls::cuEventSynchronize::Rep> {
+        let (ctx, cid, eid) = self.event(req.event)?;
+        let r = self.backend.event_synchronize(cid, eid);
+        self.note(ctx, r).map(|_| Default::default())
+    }
+
+    fn cuEventQuery(&mut self, req: calls::cuEventQuery::Req, _: &mut Payload) -> CuResult<calls::cuEventQuery::Rep> {
+        let (ctx, cid, eid) = self.event(req.event)?;
+        let r = self.backend.event_query(cid, eid);
+        ready(self.note(ctx, r)?).map(|_| Default::default())
+    }
+
+    fn cuEventElapsedTime(&mut self, req: calls::cuEventElapsedTime::Req, _: &mut Payload) -> CuResult<calls::cuEventElapsedTime::Rep> {
+        let (sctx, cid, s) = self.event(req.start)?;
+        let (ectx, _, e) = self.event(req.end)?;
+        if sctx != ectx {
+            return Err(CuError::INVALID_HANDLE);
+        }
+        Ok(calls::cuEventElapsedTime::Rep { ms: self.backend.event_elapsed(cid, s, e)?, ..Default::default() })
+    }
+
+    fn cuEventDestroy_v2(&mut self, req: calls::cuEventDestroy_v2::Req, _: &mut Payload) -> CuResult<calls::cuEventDestroy_v2::Rep> {
+        let (ctx, id) = *self.events.get(&req.event).ok_or(CuError::INVALID_HANDLE)?;
+        self.events.remove(&req.event);
+        let cid = self.ctx_entry(ctx)?.id;
+        self.backend.event_destroy(cid, id).map(|_| Default::default())
+    }
+
+    fn ModuleLoad(&mut self, req: calls::ModuleLoad::Req, io: &mut Payload) -> CuResult<calls::ModuleLoad::Rep> {
+        Self::new_handle(&self.modules, &req.module, req.module.is_null())?;
+        let (ctx, cid) = (self.current, self.cur()?);
+        let loaded = self.backend.module_load(cid, &io.input)?;
+        self.modules.insert(req.module, (ctx, loaded.id));
+        Ok(calls::ModuleLoad::Rep { module: (), info: ModuleInfo { functions: loaded.functions, globals: Vec::new() } })
+    }
+
+    fn cuModuleUnload(&mut self, req: calls::cuModuleUnload::Req, _: &mut Payload) -> CuResult<calls::cuModuleUnload::Rep> {
+        let (ctx, id) = *self.modules.get(&req.module).ok_or(CuError::INVALID_HANDLE)?;
+        self.modules.remove(&req.module);
+        self.ranges.retain(|_, r| r.kind != RangeKind::Global(req.module));
+        let cid = self.ctx_entry(ctx)?.id;
+        self.backend.module_unload(cid, id).map(|_| Default::default())
+    }
+
+    fn ModuleGetFunction(&mut self, req: calls::ModuleGetFunction::Req, _: &mut Payload) -> CuResult<calls::ModuleGetFunction::Rep> {
+        check_name(&req.name)?;
+        Self::new_handle(&self.functions, &req.func, req.func.is_null())?;
+        let (ctx, mid) = *self.modules.get(&req.module).ok_or(CuError::INVALID_HANDLE)?;
+        let cid = self.ctx_entry(ctx)?.id;
+        let fid = self.backend.module_function(cid, mid, &req.name)?;
+        self.functions.insert(req.func, (ctx, fid));
+        Ok(Default::default())
+    }
+
+    fn ModuleGetGlobal(&mut self, req: calls::ModuleGetGlobal::Req, _: &mut Payload) -> CuResult<calls::ModuleGetGlobal::Rep> {
+        check_name(&req.name)?;
+        let (ctx, mid) = *self.modules.get(&req.module).ok_or(CuError::INVALID_HANDLE)?;
+        let cid = self.ctx_entry(ctx)?.id;
+        let (dptr, bytes) = self.backend.module_global(cid, mid, &req.name)?;
+        // The variable becomes a range the tenant may copy to and from.
+        self.ranges.entry(dptr).or_insert(Range { size: bytes, ctx, kind: RangeKind::Global(req.module) });
+        Ok(calls::ModuleGetGlobal::Rep { dptr, bytes, ..Default::default() })
+    }
+
+    fn LibraryLoad(&mut self, req: calls::LibraryLoad::Req, io: &mut Payload) -> CuResult<calls::LibraryLoad::Rep> {
+        Self::new_handle(&self.libraries, &req.library, req.library.is_null())?;
+        // A library is context-independent; it is loaded into each context that uses it. The
+        // first load, into the current context, validates it and describes its entry points.
+        let (ctx, cid) = (self.current, self.cur()?);
+        let loaded = self.backend.module_load(cid, &io.input)?;
+        let info = ModuleInfo { functions: loaded.functions, globals: Vec::new() };
+        let mut entry = LibraryEntry { image: io.input.clone(), info: info.clone(), loaded: HashMap::new() };
+        entry.loaded.insert(ctx, loaded.id);
+        self.libraries.insert(req.library, entry);
+        Ok(calls::LibraryLoad::Rep { library: (), info })
+    }
+
+    fn cuLibraryUnload(&mut self, req: calls::cuLibraryUnload::Req, _: &mut Payload) -> CuResult<calls::cuLibraryUnload::Rep> {
+        let lib = self.libraries.remove(&req.library).ok_or(CuError::INVALID_HANDLE)?;
+        self.kernels.retain(|_, (l, _)| *l != req.library);
+        for (ctx, id) in lib.loaded {
+            if let Some(c) = self.contexts.get(&ctx) {
+                let _ = self.backend.module_unload(c.id, id);
+            }
+        }
+        Ok(Default::default())
+    }
+
+    fn LibraryGetKernel(&mut self, req: calls::LibraryGetKernel::Req, _: &mut Payload) -> CuResult<calls::LibraryGetKernel::Rep> {
+        check_name(&req.name)?;
+        Self::new_handle(&self.kernels, &req.kernel, req.kernel.is_null())?;
+        let lib = self.libraries.get(&req.library).ok_or(CuError::INVALID_HANDLE)?;
+        if !lib.info.functions.iter().any(|f| f.name == req.name) {
+            return Err(CuError::NOT_FOUND);
+        }
+        self.kernels.insert(req.kernel, (req.library, req.name));
+        Ok(Default::default())
+    }
+
+    fn KernelGetFunction(&mut self, req: calls::KernelGetFunction::Req, _: &mut Payload) -> CuResult<calls::KernelGetFunction::Rep> {
+        Self::new_handle(&self.functions, &req.func, req.func.is_null())?;
+        let (library, name) = self.kernels.get(&req.kernel).cloned().ok_or(CuError::INVALID_HANDLE)?;
+        let ctx = self.current;
+        let mid = self.library_module(library, ctx)?;
+        let cid = self.ctx_entry(ctx)?.id;
+        let fid = self.backend.module_function(cid, mid, &name)?;
+        self.functions.insert(req.func, (ctx, fid));
+        Ok(Default::default())
+    }
+
+    fn LibraryGetGlobal(&mut self, req: calls::LibraryGetGlobal::Req, _: &mut Payload) -> CuResult<calls::LibraryGetGlobal::Rep> {
+        check_name(&req.name)?;
+        let ctx = self.current;
+        let mid = self.library_module(req.library, ctx)?;
+        let cid = self.ctx_entry(ctx)?.id;
+        let (dptr, bytes) = self.backend.module_global(cid, mid, &req.name)?;
+        self.ranges.entry(dptr).or_insert(Range { size: bytes, ctx, kind: RangeKind::Global(Module::NULL) });
+        Ok(calls::LibraryGetGlobal::Rep { dptr, bytes, ..Default::default() })
+    }
+
+    fn LaunchKernel(&mut self, req: calls::LaunchKernel::Req, io: &mut Payload) -> CuResult<calls::LaunchKernel::Rep> {
+        let (fctx, fid) = *self.functions.get(&req.func).ok_or(CuError::INVALID_HANDLE)?;
+        let (sctx, cid, sid) = self.stream(req.stream)?;
+        if fctx != sctx {
+            return Err(CuError::INVALID_HANDLE);
+        }
+        let r = self.backend.launch(cid, fid, req.dims, sid, &io.input);
+        self.note(fctx, r).map(|_| Default::default())
+    }
+}
