@@ -9,11 +9,7 @@ use std::time::Instant;
 use cuwire_emu::*;
 
 fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!(
-        "{}/tests/fixtures/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .expect("fixture")
+    std::fs::read(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).expect("fixture")
 }
 
 struct Case {
@@ -64,11 +60,7 @@ fn main() {
         name: "saxpy (4M)",
         module: Module::load(&fixture("nvrtc_saxpy.ptx"), &mem).unwrap(),
         kernel: "saxpy",
-        cfg: LaunchConfig {
-            grid: [n / 256, 1, 1],
-            block: [256, 1, 1],
-            shared_mem_bytes: 0,
-        },
+        cfg: LaunchConfig { grid: [n / 256, 1, 1], block: [256, 1, 1], shared_mem_bytes: 0 },
         params: p,
     });
 
@@ -89,11 +81,7 @@ fn main() {
         name: "matmul (256^3, 16x16 tiles)",
         module: Module::load(&fixture("nvrtc_matmul.ptx"), &mem).unwrap(),
         kernel: "matmul",
-        cfg: LaunchConfig {
-            grid: [d / 16, d / 16, 1],
-            block: [16, 16, 1],
-            shared_mem_bytes: 0,
-        },
+        cfg: LaunchConfig { grid: [d / 16, d / 16, 1], block: [16, 16, 1], shared_mem_bytes: 0 },
         params: p,
     });
 
@@ -109,11 +97,7 @@ fn main() {
         name: "block reduction (4M ints)",
         module: Module::load(&fixture("nvrtc_reduce.ptx"), &mem).unwrap(),
         kernel: "block_reduce",
-        cfg: LaunchConfig {
-            grid: [rn / 512, 1, 1],
-            block: [256, 1, 1],
-            shared_mem_bytes: 1024,
-        },
+        cfg: LaunchConfig { grid: [rn / 512, 1, 1], block: [256, 1, 1], shared_mem_bytes: 1024 },
         params: p,
     });
 

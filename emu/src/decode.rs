@@ -174,6 +174,12 @@ pub enum Op {
     Exit,
     Trap,
     Bar,
+    /// `bar.red`: barrier plus a CTA-wide reduction of a predicate (0 popc, 1 and, 2 or).
+    BarRed {
+        mode: u8,
+        d: u32,
+        a: PSrc,
+    },
     Nop,
     Shfl {
         mode: u8,
@@ -355,20 +361,13 @@ impl<'s> Mods<'s> {
     fn new(op: &'s str) -> Self {
         let mut it = op.split('.');
         let base = it.next().unwrap_or("");
-        Mods {
-            base,
-            all: it.collect(),
-        }
+        Mods { base, all: it.collect() }
     }
     fn has(&self, m: &str) -> bool {
         self.all.contains(&m)
     }
     fn types(&self) -> Vec<&'s str> {
-        self.all
-            .iter()
-            .copied()
-            .filter(|m| type_size(m).is_some() || *m == "pred")
-            .collect()
+        self.all.iter().copied().filter(|m| type_size(m).is_some() || *m == "pred").collect()
     }
     fn ty(&self) -> Option<&'s str> {
         self.types().last().copied()
@@ -410,20 +409,13 @@ impl<'s> Mods<'s> {
         Rnd::None
     }
     fn int_rnd(&self) -> bool {
-        self.all
-            .iter()
-            .any(|m| matches!(*m, "rni" | "rzi" | "rmi" | "rpi"))
+        self.all.iter().any(|m| matches!(*m, "rni" | "rzi" | "rmi" | "rpi"))
     }
 }
 
 /// Shared variables and functions reachable from the kernel.
 fn reachable<'a>(m: &'a PtxModule, k: &'a FuncDecl) -> Vec<&'a FuncDecl> {
-    let by: HashMap<&str, &FuncDecl> = m
-        .funcs
-        .iter()
-        .filter(|f| f.body.is_some())
-        .map(|f| (f.name.as_str(), f))
-        .collect();
+    let by: HashMap<&str, &FuncDecl> = m.funcs.iter().filter(|f| f.body.is_some()).map(|f| (f.name.as_str(), f)).collect();
     let mut seen = HashSet::new();
     let mut out = vec![k];
     seen.insert(k.name.as_str());
@@ -448,11 +440,7 @@ fn reachable<'a>(m: &'a PtxModule, k: &'a FuncDecl) -> Vec<&'a FuncDecl> {
     out
 }
 
-pub fn decode_kernel(
-    m: &PtxModule,
-    k: &FuncDecl,
-    globals: &HashMap<String, GlobalVar>,
-) -> Result<Program, EmuError> {
+pub fn decode_kernel(m: &PtxModule, k: &FuncDecl, globals: &HashMap<String, GlobalVar>) -> Result<Program, EmuError> {
     // static shared layout: module-level shared variables, then those of each reachable function
     let mut top = 0u32;
     let mut module_shared = HashMap::new();
@@ -498,12 +486,7 @@ pub fn decode_kernel(
         func_shared.insert(key, dyn_off);
     }
     let mut d = Dec {
-        funcs: m
-            .funcs
-            .iter()
-            .filter(|f| f.body.is_some())
-            .map(|f| (f.name.as_str(), f))
-            .collect(),
+        funcs: m.funcs.iter().filter(|f| f.body.is_some()).map(|f| (f.name.as_str(), f)).collect(),
         globals,
         code: Vec::new(),
         nregs: 1,
@@ -523,11 +506,7 @@ pub fn decode_kernel(
         off += p.size();
     }
     d.func(k, bind, true)?;
-    d.code.push(Ins {
-        op: Op::Exit,
-        guard: PSrc::I(true),
-        line: k.line,
-    });
+    d.code.push(Ins { op: Op::Exit, guard: PSrc::I(true), line: k.line });
     Ok(Program {
         name: k.name.clone(),
         code: d.code,
@@ -559,19 +538,8 @@ impl<'a> Dec<'a> {
         Ok(self.code.len() - 1)
     }
 
-    fn func(
-        &mut self,
-        f: &FuncDecl,
-        bind: HashMap<String, Sym>,
-        is_kernel: bool,
-    ) -> Result<(), EmuError> {
-        let mut fr = Frame {
-            scopes: vec![bind],
-            labels: HashMap::new(),
-            fixups: Vec::new(),
-            ret_fixups: Vec::new(),
-            is_kernel,
-        };
+    fn func(&mut self, f: &FuncDecl, bind: HashMap<String, Sym>, is_kernel: bool) -> Result<(), EmuError> {
+        let mut fr = Frame { scopes: vec![bind], labels: HashMap::new(), fixups: Vec::new(), ret_fixups: Vec::new(), is_kernel };
         for s in f.body.as_deref().unwrap_or(&[]) {
             match s {
                 Stmt::Reg { ty, names } => {
@@ -588,24 +556,9 @@ impl<'a> Dec<'a> {
                 }
                 Stmt::Var(v) => {
                     let sym = match v.space {
-                        DeclSpace::Local | DeclSpace::Param => {
-                            Sym::Frame(self.frame_alloc(v.size() as u32, v.align))
-                        }
-                        DeclSpace::Shared => Sym::Shared(
-                            *self
-                                .func_shared
-                                .get(&(f.name.clone(), v.name.clone()))
-                                .unwrap_or(&self.dyn_off),
-                        ),
-                        _ => {
-                            return Err(perr(
-                                v.line,
-                                format!(
-                                    "function-scope .global/.const variable {} is not supported",
-                                    v.name
-                                ),
-                            ))
-                        }
+                        DeclSpace::Local | DeclSpace::Param => Sym::Frame(self.frame_alloc(v.size() as u32, v.align)),
+                        DeclSpace::Shared => Sym::Shared(*self.func_shared.get(&(f.name.clone(), v.name.clone())).unwrap_or(&self.dyn_off)),
+                        _ => return Err(perr(v.line, format!("function-scope .global/.const variable {} is not supported", v.name))),
                     };
                     fr.scopes.last_mut().unwrap().insert(v.name.clone(), sym);
                 }
@@ -623,10 +576,7 @@ impl<'a> Dec<'a> {
         }
         let end = self.code.len() as u32;
         for (idx, l, line) in fr.fixups {
-            let t = *fr
-                .labels
-                .get(&l)
-                .ok_or_else(|| perr(line, format!("branch to unknown label {l}")))?;
+            let t = *fr.labels.get(&l).ok_or_else(|| perr(line, format!("branch to unknown label {l}")))?;
             if let Op::Bra { t: tt } = &mut self.code[idx].op {
                 *tt = t;
             }
@@ -661,10 +611,7 @@ impl<'a> Dec<'a> {
                 Some(Sym::Reg(i, _)) => Ok(i),
                 _ => Err(perr(line, format!("{what}: {n} is not a register"))),
             },
-            _ => Err(perr(
-                line,
-                format!("{what}: expected a register, found {o:?}"),
-            )),
+            _ => Err(perr(line, format!("{what}: expected a register, found {o:?}"))),
         }
     }
 
@@ -684,19 +631,13 @@ impl<'a> Dec<'a> {
                 Some(Sym::Pred(i)) => Ok(i),
                 _ => Err(perr(line, format!("{what}: {n} is not a predicate"))),
             },
-            _ => Err(perr(
-                line,
-                format!("{what}: expected a predicate, found {o:?}"),
-            )),
+            _ => Err(perr(line, format!("{what}: expected a predicate, found {o:?}"))),
         }
     }
 
     fn psrc(&self, fr: &Frame, o: &Operand, line: u32, what: &str) -> Result<PSrc, EmuError> {
         match o {
-            Operand::Not(n) => Ok(PSrc::P(
-                self.pred(fr, &Operand::Name(n.clone()), line, what)?,
-                true,
-            )),
+            Operand::Not(n) => Ok(PSrc::P(self.pred(fr, &Operand::Name(n.clone()), line, what)?, true)),
             Operand::Int(v) => Ok(PSrc::I(*v != 0)),
             _ => Ok(PSrc::P(self.pred(fr, o, line, what)?, false)),
         }
@@ -711,20 +652,9 @@ impl<'a> Dec<'a> {
     }
 
     /// A source operand of type `ty` (type name without dot).
-    fn src(
-        &self,
-        fr: &Frame,
-        o: &Operand,
-        ty: &str,
-        line: u32,
-        what: &str,
-    ) -> Result<Src, EmuError> {
+    fn src(&self, fr: &Frame, o: &Operand, ty: &str, line: u32, what: &str) -> Result<Src, EmuError> {
         let bits = tyname_bits(ty) as u32;
-        let mask = if bits >= 64 {
-            u64::MAX
-        } else {
-            (1u64 << bits) - 1
-        };
+        let mask = if bits >= 64 { u64::MAX } else { (1u64 << bits) - 1 };
         let is_f = ty.starts_with('f') || ty.starts_with("bf");
         Ok(match o {
             Operand::Name(n) => {
@@ -733,9 +663,7 @@ impl<'a> Dec<'a> {
                 }
                 match self.lookup(fr, n) {
                     Some(Sym::Reg(i, _)) => Src::R(i),
-                    Some(Sym::Pred(_)) => {
-                        return Err(perr(line, format!("{what}: predicate {n} used as a value")))
-                    }
+                    Some(Sym::Pred(_)) => return Err(perr(line, format!("{what}: predicate {n} used as a value"))),
                     Some(s) => Src::I(self.sym_value(s, line, n)?),
                     None => return Err(perr(line, format!("{what}: unknown name {n}"))),
                 }
@@ -760,122 +688,39 @@ impl<'a> Dec<'a> {
             } else {
                 *b as u64
             }),
-            Operand::F64Bits(b) => Src::I(if ty == "f64" || ty == "b64" {
-                *b
-            } else {
-                fbits(f64::from_bits(*b), ty)
-            }),
+            Operand::F64Bits(b) => Src::I(if ty == "f64" || ty == "b64" { *b } else { fbits(f64::from_bits(*b), ty) }),
             _ => return Err(perr(line, format!("{what}: unexpected operand {o:?}"))),
         })
     }
 
-    fn addr(
-        &self,
-        fr: &Frame,
-        o: &Operand,
-        sp: Space,
-        line: u32,
-        what: &str,
-    ) -> Result<(Space, Addr), EmuError> {
+    fn addr(&self, fr: &Frame, o: &Operand, sp: Space, line: u32, what: &str) -> Result<(Space, Addr), EmuError> {
         let Operand::Mem(base, off) = o else {
-            return Err(perr(
-                line,
-                format!("{what}: expected an address [..], found {o:?}"),
-            ));
+            return Err(perr(line, format!("{what}: expected an address [..], found {o:?}")));
         };
         let Some(b) = base else {
-            return Ok((
-                sp,
-                Addr {
-                    base: None,
-                    off: *off,
-                },
-            ));
+            return Ok((sp, Addr { base: None, off: *off }));
         };
-        let s = self
-            .lookup(fr, b)
-            .ok_or_else(|| perr(line, format!("{what}: unknown name {b}")))?;
+        let s = self.lookup(fr, b).ok_or_else(|| perr(line, format!("{what}: unknown name {b}")))?;
         Ok(match s {
             Sym::Reg(i, _) => {
                 // a register address in .param space of a callee means its frame
-                let sp = if sp == Space::KParam && !fr.is_kernel {
-                    Space::Local
-                } else {
-                    sp
-                };
-                (
-                    sp,
-                    Addr {
-                        base: Some(i),
-                        off: *off,
-                    },
-                )
+                let sp = if sp == Space::KParam && !fr.is_kernel { Space::Local } else { sp };
+                (sp, Addr { base: Some(i), off: *off })
             }
-            Sym::Pred(_) => {
-                return Err(perr(
-                    line,
-                    format!("{what}: predicate {b} used as an address"),
-                ))
-            }
+            Sym::Pred(_) => return Err(perr(line, format!("{what}: predicate {b} used as an address"))),
             Sym::KParam(o) => match sp {
-                Space::Generic => (
-                    sp,
-                    Addr {
-                        base: None,
-                        off: (PARAM_WIN + o as u64) as i64 + off,
-                    },
-                ),
-                _ => (
-                    Space::KParam,
-                    Addr {
-                        base: None,
-                        off: o as i64 + off,
-                    },
-                ),
+                Space::Generic => (sp, Addr { base: None, off: (PARAM_WIN + o as u64) as i64 + off }),
+                _ => (Space::KParam, Addr { base: None, off: o as i64 + off }),
             },
             Sym::Frame(o) => match sp {
-                Space::Generic => (
-                    sp,
-                    Addr {
-                        base: None,
-                        off: (LOCAL_WIN + o as u64) as i64 + off,
-                    },
-                ),
-                _ => (
-                    Space::Local,
-                    Addr {
-                        base: None,
-                        off: o as i64 + off,
-                    },
-                ),
+                Space::Generic => (sp, Addr { base: None, off: (LOCAL_WIN + o as u64) as i64 + off }),
+                _ => (Space::Local, Addr { base: None, off: o as i64 + off }),
             },
             Sym::Shared(o) => match sp {
-                Space::Generic => (
-                    sp,
-                    Addr {
-                        base: None,
-                        off: (SHARED_WIN + o as u64) as i64 + off,
-                    },
-                ),
-                _ => (
-                    Space::Shared,
-                    Addr {
-                        base: None,
-                        off: o as i64 + off,
-                    },
-                ),
+                Space::Generic => (sp, Addr { base: None, off: (SHARED_WIN + o as u64) as i64 + off }),
+                _ => (Space::Shared, Addr { base: None, off: o as i64 + off }),
             },
-            Sym::Global(a) => (
-                if sp == Space::Generic {
-                    Space::Generic
-                } else {
-                    Space::Global
-                },
-                Addr {
-                    base: None,
-                    off: a as i64 + off,
-                },
-            ),
+            Sym::Global(a) => (if sp == Space::Generic { Space::Generic } else { Space::Global }, Addr { base: None, off: a as i64 + off }),
         })
     }
 
@@ -883,10 +728,7 @@ impl<'a> Dec<'a> {
         let line = ri.line;
         let guard = match &ri.guard {
             None => PSrc::I(true),
-            Some((p, neg)) => PSrc::P(
-                self.pred(fr, &Operand::Name(p.clone()), line, "guard")?,
-                *neg,
-            ),
+            Some((p, neg)) => PSrc::P(self.pred(fr, &Operand::Name(p.clone()), line, "guard")?, *neg),
         };
         let md = Mods::new(&ri.opcode);
         let ops = &ri.operands;
@@ -894,10 +736,7 @@ impl<'a> Dec<'a> {
         let unsup = || perr(line, format!("unsupported instruction {name}"));
         let nops = |n: usize| -> Result<(), EmuError> {
             if ops.len() < n {
-                Err(perr(
-                    line,
-                    format!("{name}: expected {n} operands, found {}", ops.len()),
-                ))
+                Err(perr(line, format!("{name}: expected {n} operands, found {}", ops.len())))
             } else {
                 Ok(())
             }
@@ -909,30 +748,16 @@ impl<'a> Dec<'a> {
                 if ty == "pred" {
                     let d = self.pred(fr, &ops[0], line, name)?;
                     let a = self.psrc(fr, &ops[1], line, name)?;
-                    Op::PLogic {
-                        d,
-                        a,
-                        b: PSrc::I(false),
-                        op: BoolOp::Or,
-                    }
+                    Op::PLogic { d, a, b: PSrc::I(false), op: BoolOp::Or }
                 } else if let Operand::Vec(v) = &ops[1] {
                     let d = self.reg(fr, &ops[0], line, name)?;
                     let w = (tyname_bits(ty) as usize / v.len().max(1)) as u8;
                     let wt = format!("b{w}");
                     let mut s = [Src::I(0); 4];
                     for (k, x) in v.iter().enumerate().take(4) {
-                        s[k] = if matches!(x, Operand::Name(n) if n == "_") {
-                            Src::I(0)
-                        } else {
-                            self.src(fr, x, &wt, line, name)?
-                        };
+                        s[k] = if matches!(x, Operand::Name(n) if n == "_") { Src::I(0) } else { self.src(fr, x, &wt, line, name)? };
                     }
-                    Op::Pack {
-                        d,
-                        s,
-                        n: v.len() as u8,
-                        w,
-                    }
+                    Op::Pack { d, s, n: v.len() as u8, w }
                 } else if let Operand::Vec(v) = &ops[0] {
                     let a = self.src(fr, &ops[1], ty, line, name)?;
                     let w = (tyname_bits(ty) as usize / v.len().max(1)) as u8;
@@ -940,12 +765,7 @@ impl<'a> Dec<'a> {
                     for (k, x) in v.iter().enumerate().take(4) {
                         d[k] = self.reg(fr, x, line, name)?;
                     }
-                    Op::Unpack {
-                        d,
-                        a,
-                        n: v.len() as u8,
-                        w,
-                    }
+                    Op::Unpack { d, a, n: v.len() as u8, w }
                 } else {
                     let d = self.reg(fr, &ops[0], line, name)?;
                     let a = self.src(fr, &ops[1], ty, line, name)?;
@@ -963,11 +783,7 @@ impl<'a> Dec<'a> {
                     return Err(unsup());
                 }
                 let size = type_size(ty).unwrap_or(4) as u8;
-                let (aop, vop) = if is_st {
-                    (&ops[0], &ops[1])
-                } else {
-                    (&ops[1], &ops[0])
-                };
+                let (aop, vop) = if is_st { (&ops[0], &ops[1]) } else { (&ops[1], &ops[0]) };
                 let (sp, a) = self.addr(fr, aop, md.space(), line, name)?;
                 let vals: Vec<Operand> = match vop {
                     Operand::Vec(v) => v.clone(),
@@ -988,16 +804,9 @@ impl<'a> Dec<'a> {
                         d[k] = self.reg(fr, x, line, name)?;
                     }
                     let dbits = self.reg_bits(fr, &vals[0]).max(size * 8);
-                    let sext = if ty.starts_with('s') { size * 8 } else { 0 };
-                    Op::Ld {
-                        sp,
-                        d,
-                        n,
-                        size,
-                        sext,
-                        dbits,
-                        a,
-                    }
+                    // sign extension matters only into a wider register
+                    let sext = if ty.starts_with('s') && size * 8 < dbits { size * 8 } else { 0 };
+                    Op::Ld { sp, d, n, size, sext, dbits, a }
                 }
             }
             "cvta" => {
@@ -1014,19 +823,9 @@ impl<'a> Dec<'a> {
                 if win == 0 {
                     Op::Mov { d, a }
                 } else if to {
-                    Op::Bin {
-                        d,
-                        a,
-                        b: Src::I(win),
-                        f: |x, w| x.wrapping_sub(w) & (WIN_SIZE - 1),
-                    }
+                    Op::Bin { d, a, b: Src::I(win), f: |x, w| x.wrapping_sub(w) & (WIN_SIZE - 1) }
                 } else {
-                    Op::Bin {
-                        d,
-                        a,
-                        b: Src::I(win),
-                        f: |x, w| (x & (WIN_SIZE - 1)) + w,
-                    }
+                    Op::Bin { d, a, b: Src::I(win), f: |x, w| (x & (WIN_SIZE - 1)) + w }
                 }
             }
             "isspacep" => {
@@ -1039,17 +838,9 @@ impl<'a> Dec<'a> {
                     Space::KParam => |x, _| (PARAM_WIN..PARAM_WIN + WIN_SIZE).contains(&x),
                     _ => |x, _| x >= PARAM_WIN + WIN_SIZE,
                 };
-                Op::Setp {
-                    p,
-                    q: NOREG,
-                    a,
-                    b: Src::I(0),
-                    f,
-                    comb: None,
-                }
+                Op::Setp { p, q: NOREG, a, b: Src::I(0), f, comb: None }
             }
-            "add" | "sub" | "mul" | "div" | "rem" | "min" | "max" | "and" | "or" | "xor"
-            | "shl" | "shr" | "copysign" | "mul24" => {
+            "add" | "sub" | "mul" | "div" | "rem" | "min" | "max" | "and" | "or" | "xor" | "shl" | "shr" | "copysign" | "mul24" => {
                 nops(3)?;
                 if md.has("cc") || md.has("relu") {
                     return Err(unsup());
@@ -1067,11 +858,7 @@ impl<'a> Dec<'a> {
                     Op::PLogic { d, a, b, op }
                 } else {
                     let d = self.reg(fr, &ops[0], line, name)?;
-                    let sty = if matches!(md.base, "shl" | "shr") {
-                        "u32"
-                    } else {
-                        ty
-                    };
+                    let sty = if matches!(md.base, "shl" | "shr") { "u32" } else { ty };
                     let a = self.src(fr, &ops[1], ty, line, name)?;
                     let b = self.src(fr, &ops[2], sty, line, name)?;
                     let f = bin_fn(&md, ty).ok_or_else(unsup)?;
@@ -1083,12 +870,7 @@ impl<'a> Dec<'a> {
                 if md.has("cc") || md.has("relu") {
                     return Err(unsup());
                 }
-                if md.base == "prmt"
-                    && md
-                        .all
-                        .iter()
-                        .any(|m| matches!(*m, "f4e" | "b4e" | "rc8" | "ecl" | "ecr" | "rc16"))
-                {
+                if md.base == "prmt" && md.all.iter().any(|m| matches!(*m, "f4e" | "b4e" | "rc8" | "ecl" | "ecr" | "rc16")) {
                     return Err(unsup());
                 }
                 let d = self.reg(fr, &ops[0], line, name)?;
@@ -1108,13 +890,7 @@ impl<'a> Dec<'a> {
                 let d = self.reg(fr, &ops[0], line, name)?;
                 let a = self.src(fr, &ops[1], ty, line, name)?;
                 let b = self.src(fr, &ops[2], ty, line, name)?;
-                let c = self.src(
-                    fr,
-                    &ops[3],
-                    if md.base == "bfi" { "u32" } else { ty },
-                    line,
-                    name,
-                )?;
+                let c = self.src(fr, &ops[3], if md.base == "bfi" { "u32" } else { ty }, line, name)?;
                 let e = self.src(fr, &ops[4], "u32", line, name)?;
                 let f: ops::F4 = match (md.base, ty) {
                     ("bfi", "b32") | ("bfi", "u32") | ("bfi", "s32") => ops::bfi::<32>,
@@ -1124,8 +900,8 @@ impl<'a> Dec<'a> {
                 };
                 Op::Quad { d, a, b, c, e, f }
             }
-            "not" | "cnot" | "neg" | "abs" | "popc" | "clz" | "brev" | "bfind" | "sqrt" | "rcp"
-            | "rsqrt" | "sin" | "cos" | "ex2" | "lg2" | "tanh" => {
+            "not" | "cnot" | "neg" | "abs" | "popc" | "clz" | "brev" | "bfind" | "sqrt" | "rcp" | "rsqrt" | "sin" | "cos" | "ex2"
+            | "lg2" | "tanh" => {
                 nops(2)?;
                 if ty == "pred" {
                     let d = self.pred(fr, &ops[0], line, name)?;
@@ -1133,12 +909,7 @@ impl<'a> Dec<'a> {
                     if md.base != "not" {
                         return Err(unsup());
                     }
-                    Op::PLogic {
-                        d,
-                        a,
-                        b: PSrc::I(true),
-                        op: BoolOp::Xor,
-                    }
+                    Op::PLogic { d, a, b: PSrc::I(true), op: BoolOp::Xor }
                 } else {
                     let d = self.reg(fr, &ops[0], line, name)?;
                     let a = self.src(fr, &ops[1], ty, line, name)?;
@@ -1165,14 +936,7 @@ impl<'a> Dec<'a> {
                     ("subnormal", _) => |x, _| f64::from_bits(x).is_subnormal(),
                     _ => return Err(unsup()),
                 };
-                Op::Setp {
-                    p,
-                    q: NOREG,
-                    a,
-                    b: Src::I(0),
-                    f,
-                    comb: None,
-                }
+                Op::Setp { p, q: NOREG, a, b: Src::I(0), f, comb: None }
             }
             "setp" | "set" => {
                 nops(3)?;
@@ -1188,10 +952,7 @@ impl<'a> Dec<'a> {
                     } else if md.has("xor") {
                         BoolOp::Xor
                     } else {
-                        return Err(perr(
-                            line,
-                            format!("{name}: a fourth operand needs .and/.or/.xor"),
-                        ));
+                        return Err(perr(line, format!("{name}: a fourth operand needs .and/.or/.xor")));
                     };
                     Some((bop, self.psrc(fr, &ops[3], line, name)?))
                 } else {
@@ -1201,20 +962,12 @@ impl<'a> Dec<'a> {
                 let b = self.src(fr, &ops[2], sty, line, name)?;
                 if md.base == "setp" {
                     let (p, q) = match &ops[0] {
-                        Operand::Pair(p, q) => (
-                            self.pred(fr, &Operand::Name(p.clone()), line, name)?,
-                            self.pred(fr, &Operand::Name(q.clone()), line, name)?,
-                        ),
+                        Operand::Pair(p, q) => {
+                            (self.pred(fr, &Operand::Name(p.clone()), line, name)?, self.pred(fr, &Operand::Name(q.clone()), line, name)?)
+                        }
                         o => (self.pred(fr, o, line, name)?, NOREG),
                     };
-                    Op::Setp {
-                        p,
-                        q,
-                        a,
-                        b,
-                        f,
-                        comb,
-                    }
+                    Op::Setp { p, q, a, b, f, comb }
                 } else {
                     let d = self.reg(fr, &ops[0], line, name)?;
                     let dty = tys.first().copied().unwrap_or("u32");
@@ -1223,14 +976,7 @@ impl<'a> Dec<'a> {
                         "u32" | "s32" | "b32" => 0xffff_ffff,
                         _ => return Err(unsup()),
                     };
-                    Op::Set {
-                        d,
-                        a,
-                        b,
-                        f,
-                        comb,
-                        t,
-                    }
+                    Op::Set { d, a, b, f, comb, t }
                 }
             }
             "selp" => {
@@ -1270,17 +1016,7 @@ impl<'a> Dec<'a> {
                     let dst = NumTy::parse(tys[0]).ok_or_else(unsup)?;
                     let srct = NumTy::parse(tys[1]).ok_or_else(unsup)?;
                     let a = self.src(fr, &ops[1], tys[1], line, name)?;
-                    Op::Cvt {
-                        d,
-                        a,
-                        s: CvtSpec {
-                            dst,
-                            src: srct,
-                            rnd: md.rnd(),
-                            int_rnd: md.int_rnd(),
-                            sat: md.has("sat"),
-                        },
-                    }
+                    Op::Cvt { d, a, s: CvtSpec { dst, src: srct, rnd: md.rnd(), int_rnd: md.int_rnd(), sat: md.has("sat") } }
                 }
             }
             "atom" | "red" => {
@@ -1288,32 +1024,16 @@ impl<'a> Dec<'a> {
                 let cas = md.has("cas");
                 nops(if has_d { 3 } else { 2 } + cas as usize)?;
                 let k = if has_d { 1 } else { 0 };
-                let d = if has_d {
-                    self.reg(fr, &ops[0], line, name)?
-                } else {
-                    NOREG
-                };
+                let d = if has_d { self.reg(fr, &ops[0], line, name)? } else { NOREG };
                 let (sp, a) = self.addr(fr, &ops[k], md.space(), line, name)?;
                 let b = self.src(fr, &ops[k + 1], ty, line, name)?;
-                let c = if cas {
-                    self.src(fr, &ops[k + 2], ty, line, name)?
-                } else {
-                    Src::I(0)
-                };
+                let c = if cas { self.src(fr, &ops[k + 2], ty, line, name)? } else { Src::I(0) };
                 if md.vec() > 1 {
                     return Err(unsup());
                 }
                 let f = atom_fn(&md, ty).ok_or_else(unsup)?;
                 let size = type_size(ty).unwrap_or(4) as u8;
-                Op::Atom {
-                    sp,
-                    d,
-                    a,
-                    b,
-                    c,
-                    size,
-                    f,
-                }
+                Op::Atom { sp, d, a, b, c, size, f }
             }
             "bra" => {
                 nops(1)?;
@@ -1335,8 +1055,8 @@ impl<'a> Dec<'a> {
             }
             "exit" => Op::Exit,
             "trap" => Op::Trap,
-            "brkpt" | "membar" | "fence" | "nanosleep" | "prefetch" | "prefetchu" | "pmevent"
-            | "discard" | "applypriority" | "createpolicy" => {
+            "brkpt" | "membar" | "fence" | "nanosleep" | "prefetch" | "prefetchu" | "pmevent" | "discard" | "applypriority"
+            | "createpolicy" => {
                 if md.base == "createpolicy" {
                     return Err(unsup());
                 }
@@ -1351,6 +1071,19 @@ impl<'a> Dec<'a> {
                     || md.has("aligned") && !md.has("arrive") && !md.has("red")
                 {
                     Op::Bar
+                } else if md.has("red") && ops.len() >= 3 {
+                    let mode = if md.has("popc") {
+                        0
+                    } else if md.has("and") {
+                        1
+                    } else if md.has("or") {
+                        2
+                    } else {
+                        return Err(unsup());
+                    };
+                    let d = if mode == 0 { self.reg(fr, &ops[0], line, name)? } else { self.pred(fr, &ops[0], line, name)? };
+                    let a = self.psrc(fr, ops.last().expect("3 operands"), line, name)?;
+                    Op::BarRed { mode, d, a }
                 } else {
                     return Err(unsup());
                 }
@@ -1370,23 +1103,15 @@ impl<'a> Dec<'a> {
                     return Err(unsup());
                 };
                 let (d, p) = match &ops[0] {
-                    Operand::Pair(d, p) => (
-                        self.reg(fr, &Operand::Name(d.clone()), line, name)?,
-                        self.pred(fr, &Operand::Name(p.clone()), line, name)?,
-                    ),
+                    Operand::Pair(d, p) => {
+                        (self.reg(fr, &Operand::Name(d.clone()), line, name)?, self.pred(fr, &Operand::Name(p.clone()), line, name)?)
+                    }
                     o => (self.reg(fr, o, line, name)?, NOREG),
                 };
                 let a = self.src(fr, &ops[1], "b32", line, name)?;
                 let b = self.src(fr, &ops[2], "b32", line, name)?;
                 let c = self.src(fr, &ops[3], "b32", line, name)?;
-                Op::Shfl {
-                    mode,
-                    d,
-                    p,
-                    a,
-                    b,
-                    c,
-                }
+                Op::Shfl { mode, d, p, a, b, c }
             }
             "vote" => {
                 nops(2)?;
@@ -1401,28 +1126,21 @@ impl<'a> Dec<'a> {
                 } else {
                     return Err(unsup());
                 };
-                let d = if mode == 3 {
-                    self.reg(fr, &ops[0], line, name)?
-                } else {
-                    self.pred(fr, &ops[0], line, name)?
-                };
+                let d = if mode == 3 { self.reg(fr, &ops[0], line, name)? } else { self.pred(fr, &ops[0], line, name)? };
                 let a = self.psrc(fr, &ops[1], line, name)?;
                 Op::Vote { mode, d, a }
             }
             "activemask" => {
                 nops(1)?;
-                Op::Activemask {
-                    d: self.reg(fr, &ops[0], line, name)?,
-                }
+                Op::Activemask { d: self.reg(fr, &ops[0], line, name)? }
             }
             "match" => {
                 nops(2)?;
                 let all = md.has("all");
                 let (d, p) = match &ops[0] {
-                    Operand::Pair(d, p) => (
-                        self.reg(fr, &Operand::Name(d.clone()), line, name)?,
-                        self.pred(fr, &Operand::Name(p.clone()), line, name)?,
-                    ),
+                    Operand::Pair(d, p) => {
+                        (self.reg(fr, &Operand::Name(d.clone()), line, name)?, self.pred(fr, &Operand::Name(p.clone()), line, name)?)
+                    }
                     o => (self.reg(fr, o, line, name)?, NOREG),
                 };
                 let a = self.src(fr, &ops[1], ty, line, name)?;
@@ -1471,10 +1189,7 @@ impl<'a> Dec<'a> {
             Some(_) => Vec::new(),
         };
         if it.next().is_some() || matches!(self.lookup(fr, &fname), Some(Sym::Reg(..))) {
-            return Err(perr(
-                line,
-                format!("indirect call through {fname} is not supported"),
-            ));
+            return Err(perr(line, format!("indirect call through {fname} is not supported")));
         }
         let frame_of = |d: &Self, o: &Operand| -> Option<u32> {
             if let Operand::Name(n) = o {
@@ -1488,10 +1203,7 @@ impl<'a> Dec<'a> {
             "vprintf" => {
                 let fmt = args.first().and_then(|o| frame_of(self, o));
                 let a = args.get(1).and_then(|o| frame_of(self, o));
-                let r = rets
-                    .first()
-                    .and_then(|o| frame_of(self, o))
-                    .unwrap_or(NOREG);
+                let r = rets.first().and_then(|o| frame_of(self, o)).unwrap_or(NOREG);
                 let (Some(fmt), Some(args)) = (fmt, a) else {
                     return Err(perr(line, "vprintf: arguments must be .param variables"));
                 };
@@ -1500,28 +1212,18 @@ impl<'a> Dec<'a> {
             }
             "__assertfail" | "__assert_fail" => {
                 let g = |k: usize| args.get(k).and_then(|o| frame_of(self, o)).unwrap_or(NOREG);
-                let op = Op::AssertFail {
-                    msg: g(0),
-                    file: g(1),
-                    line: g(2),
-                    func: g(3),
-                };
+                let op = Op::AssertFail { msg: g(0), file: g(1), line: g(2), func: g(3) };
                 self.emit(op, guard, line)?;
                 return Ok(());
             }
             _ => {}
         }
-        let f = *self.funcs.get(fname.as_str()).ok_or_else(|| {
-            perr(
-                line,
-                format!("call to {fname}, which has no body in this module (not supported)"),
-            )
-        })?;
+        let f = *self
+            .funcs
+            .get(fname.as_str())
+            .ok_or_else(|| perr(line, format!("call to {fname}, which has no body in this module (not supported)")))?;
         if self.stack.contains(&fname) {
-            return Err(perr(
-                line,
-                format!("recursive call to {fname} is not supported"),
-            ));
+            return Err(perr(line, format!("recursive call to {fname} is not supported")));
         }
         if !matches!(guard, PSrc::I(true)) {
             // predicated call: branch around the inlined body
@@ -1530,14 +1232,7 @@ impl<'a> Dec<'a> {
                 x => x,
             };
             let idx = self.emit(Op::Bra { t: 0 }, neg, line)?;
-            self.call(
-                fr,
-                &RawInst {
-                    guard: None,
-                    ..ri.clone()
-                },
-                PSrc::I(true),
-            )?;
+            self.call(fr, &RawInst { guard: None, ..ri.clone() }, PSrc::I(true))?;
             let end = self.code.len() as u32;
             if let Op::Bra { t } = &mut self.code[idx].op {
                 *t = end;
@@ -1547,9 +1242,7 @@ impl<'a> Dec<'a> {
         let mut bind = HashMap::new();
         let mut post = Vec::new();
         for (k, p) in f.params.iter().enumerate() {
-            let a = args
-                .get(k)
-                .ok_or_else(|| perr(line, format!("call to {fname}: too few arguments")))?;
+            let a = args.get(k).ok_or_else(|| perr(line, format!("call to {fname}: too few arguments")))?;
             let off = match frame_of(self, a) {
                 Some(o) => o,
                 None => {
@@ -1562,10 +1255,7 @@ impl<'a> Dec<'a> {
                             s: [s, Src::I(0), Src::I(0), Src::I(0)],
                             n: 1,
                             size,
-                            a: Addr {
-                                base: None,
-                                off: o as i64,
-                            },
+                            a: Addr { base: None, off: o as i64 },
                         },
                         PSrc::I(true),
                         line,
@@ -1602,10 +1292,7 @@ impl<'a> Dec<'a> {
                     size,
                     sext: 0,
                     dbits: 64,
-                    a: Addr {
-                        base: None,
-                        off: o as i64,
-                    },
+                    a: Addr { base: None, off: o as i64 },
                 },
                 PSrc::I(true),
                 line,
@@ -1710,9 +1397,7 @@ fn bin_fn(md: &Mods, ty: &str) -> Option<F2> {
         "mul" if md.has("wide") => by_int!(ty, mulwide),
         "mul" => by_int!(ty, mullo),
         "mul24" => match (ty, md.has("hi")) {
-            ("u32", false) => {
-                Some(|a: u64, b: u64| ((a & 0xff_ffff) * (b & 0xff_ffff)) & 0xffff_ffff)
-            }
+            ("u32", false) => Some(|a: u64, b: u64| ((a & 0xff_ffff) * (b & 0xff_ffff)) & 0xffff_ffff),
             ("s32", false) => Some(|a: u64, b: u64| {
                 let x = sext::<24>(a & 0xff_ffff) as i64;
                 let y = sext::<24>(b & 0xff_ffff) as i64;
@@ -1771,16 +1456,13 @@ fn tern_fn(md: &Mods, ty: &str) -> Option<F3> {
         "mad" if md.has("sat") => {
             let f: F3 = |a, b, c| {
                 let p = (a as u32 as i32 as i64) * (b as u32 as i32 as i64);
-                p.wrapping_add(c as u32 as i32 as i64)
-                    .clamp(i32::MIN as i64, i32::MAX as i64) as i32 as u32 as u64
+                p.wrapping_add(c as u32 as i32 as i64).clamp(i32::MIN as i64, i32::MAX as i64) as i32 as u32 as u64
             };
             (ty == "s32").then_some(f)
         }
         "mad" => by_int!(ty, madlo),
         "mad24" => match ty {
-            "u32" => Some(|a: u64, b: u64, c: u64| {
-                (((a & 0xff_ffff) * (b & 0xff_ffff)).wrapping_add(c)) & 0xffff_ffff
-            }),
+            "u32" => Some(|a: u64, b: u64, c: u64| (((a & 0xff_ffff) * (b & 0xff_ffff)).wrapping_add(c)) & 0xffff_ffff),
             "s32" => Some(|a: u64, b: u64, c: u64| {
                 let x = sext::<24>(a & 0xff_ffff) as i64;
                 let y = sext::<24>(b & 0xff_ffff) as i64;
@@ -1798,16 +1480,12 @@ fn tern_fn(md: &Mods, ty: &str) -> Option<F3> {
         "prmt" => Some(prmt),
         "shf" => {
             let f: F3 = match (md.has("l"), md.has("clamp")) {
-                (true, false) => {
-                    |a, b, c| (((b << 32) | (a & 0xffff_ffff)) << (c & 31)) >> 32 & 0xffff_ffff
-                }
+                (true, false) => |a, b, c| (((b << 32) | (a & 0xffff_ffff)) << (c & 31)) >> 32 & 0xffff_ffff,
                 (true, true) => |a, b, c| {
                     let n = (c as u32).min(32);
                     (((b << 32) | (a & 0xffff_ffff)) << n >> 32) & 0xffff_ffff
                 },
-                (false, false) => {
-                    |a, b, c| (((b << 32) | (a & 0xffff_ffff)) >> (c & 31)) & 0xffff_ffff
-                }
+                (false, false) => |a, b, c| (((b << 32) | (a & 0xffff_ffff)) >> (c & 31)) & 0xffff_ffff,
                 (false, true) => |a, b, c| {
                     let n = (c as u32).min(32);
                     (((b << 32) | (a & 0xffff_ffff)) >> n) & 0xffff_ffff
@@ -1927,11 +1605,7 @@ fn cmp_fn(cmp: &str, ty: &str) -> Option<ops::Cmp> {
         t => t,
     };
     let bits = type_size(ty)?;
-    let mask = if bits >= 8 {
-        u64::MAX
-    } else {
-        (1u64 << (bits * 8)) - 1
-    };
+    let mask = if bits >= 8 { u64::MAX } else { (1u64 << (bits * 8)) - 1 };
     let _ = mask;
     match cmp {
         "eq" => Some(match bits {
@@ -1960,12 +1634,8 @@ fn cmp_fn(cmp: &str, ty: &str) -> Option<ops::Cmp> {
 
 fn atom_fn(md: &Mods, ty: &str) -> Option<F3> {
     use ops::*;
-    let op = md.all.iter().copied().find(|m| {
-        matches!(
-            *m,
-            "add" | "min" | "max" | "inc" | "dec" | "exch" | "cas" | "and" | "or" | "xor"
-        )
-    })?;
+    let op =
+        md.all.iter().copied().find(|m| matches!(*m, "add" | "min" | "max" | "inc" | "dec" | "exch" | "cas" | "and" | "or" | "xor"))?;
     let f: F3 = match (op, ty) {
         ("add", "f32") => |o, b, _| fadd32(o, b),
         ("add", "f64") => |o, b, _| fadd64(o, b),
@@ -2000,10 +1670,7 @@ fn atom_fn(md: &Mods, ty: &str) -> Option<F3> {
         _ => return None,
     };
     if matches!(op, "exch" | "cas" | "and" | "or" | "xor")
-        && !matches!(
-            ty,
-            "b32" | "b64" | "u32" | "u64" | "s32" | "s64" | "f32" | "f64" | "b16" | "u16"
-        )
+        && !matches!(ty, "b32" | "b64" | "u32" | "u64" | "s32" | "s64" | "f32" | "f64" | "b16" | "u16")
     {
         return None;
     }

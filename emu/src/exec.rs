@@ -7,10 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::decode::{
-    Addr, BoolOp, Op, PSrc, Program, Space, Src, Sreg, LOCAL_WIN, NOREG, PARAM_WIN, SHARED_WIN,
-    WIN_SIZE,
-};
+use crate::decode::{Addr, BoolOp, Op, PSrc, Program, Space, Src, Sreg, LOCAL_WIN, NOREG, PARAM_WIN, SHARED_WIN, WIN_SIZE};
 use crate::error::EmuError;
 use crate::memory::{Allocation, DeviceMemory};
 use crate::module::Module;
@@ -40,10 +37,7 @@ pub struct ExecOptions {
 
 impl Default for ExecOptions {
     fn default() -> Self {
-        ExecOptions {
-            worker_threads: 0,
-            watchdog: Duration::from_secs(10),
-        }
+        ExecOptions { worker_threads: 0, watchdog: Duration::from_secs(10) }
     }
 }
 
@@ -86,85 +80,51 @@ fn pool_for(n: usize) -> Option<Arc<rayon::ThreadPool>> {
     if let Some(p) = m.get(&n) {
         return Some(p.clone());
     }
-    let p = Arc::new(
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .thread_name(move |i| format!("emu-cta-{n}-{i}"))
-            .build()
-            .ok()?,
-    );
+    let p = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(n).thread_name(move |i| format!("emu-cta-{n}-{i}")).build().ok()?);
     m.insert(n, p.clone());
     Some(p)
 }
 
-fn validate(
-    module: &Module,
-    kernel: &str,
-    cfg: &LaunchConfig,
-    params: &[u8],
-) -> Result<(), EmuError> {
-    let k = module
-        .kernel_impl(kernel)
-        .ok_or_else(|| EmuError::NotFound(format!("kernel {kernel}")))?;
+fn validate(module: &Module, kernel: &str, cfg: &LaunchConfig, params: &[u8]) -> Result<(), EmuError> {
+    let k = module.kernel_impl(kernel).ok_or_else(|| EmuError::NotFound(format!("kernel {kernel}")))?;
     let b = cfg.block;
     let g = cfg.grid;
     if b.contains(&0) || g.contains(&0) {
-        return Err(EmuError::InvalidConfiguration(format!(
-            "zero dimension: grid {g:?} block {b:?}"
-        )));
+        return Err(EmuError::InvalidConfiguration(format!("zero dimension: grid {g:?} block {b:?}")));
     }
     if b[0] > 1024 || b[1] > 1024 || b[2] > 64 {
-        return Err(EmuError::InvalidConfiguration(format!(
-            "block {b:?} exceeds (1024, 1024, 64)"
-        )));
+        return Err(EmuError::InvalidConfiguration(format!("block {b:?} exceeds (1024, 1024, 64)")));
     }
     if g[0] > i32::MAX as u32 || g[1] > 65535 || g[2] > 65535 {
-        return Err(EmuError::InvalidConfiguration(format!(
-            "grid {g:?} exceeds (2^31-1, 65535, 65535)"
-        )));
+        return Err(EmuError::InvalidConfiguration(format!("grid {g:?} exceeds (2^31-1, 65535, 65535)")));
     }
     let threads = b[0] as u64 * b[1] as u64 * b[2] as u64;
     let maxt = k.info.attrs.max_threads_per_block as u64;
     if threads > 1024 || threads > maxt {
-        return Err(EmuError::OutOfResources(format!(
-            "{threads} threads per block, the kernel allows {maxt}"
-        )));
+        return Err(EmuError::OutOfResources(format!("{threads} threads per block, the kernel allows {maxt}")));
     }
     if let Some(r) = k.reqntid {
         if r != b {
-            return Err(EmuError::InvalidConfiguration(format!(
-                "block {b:?} differs from the kernel's .reqntid {r:?}"
-            )));
+            return Err(EmuError::InvalidConfiguration(format!("block {b:?} differs from the kernel's .reqntid {r:?}")));
         }
     }
     if let Some(m) = k.maxntid {
         if threads > m.iter().map(|&x| x as u64).product::<u64>() {
-            return Err(EmuError::OutOfResources(format!(
-                "block {b:?} exceeds .maxntid {m:?}"
-            )));
+            return Err(EmuError::OutOfResources(format!("block {b:?} exceeds .maxntid {m:?}")));
         }
     }
     let stat = k.prog.static_shared as u64;
     let dynb = cfg.shared_mem_bytes as u64;
     let optin = k.max_dynamic_shared.load(Ordering::Relaxed) as u64;
-    let limit = if optin > 0 {
-        (stat + optin).min(MAX_SHARED_OPTIN as u64)
-    } else {
-        MAX_SHARED_DEFAULT as u64
-    };
-    if stat + dynb > limit.max(stat.min(MAX_SHARED_DEFAULT as u64))
-        || stat + dynb > MAX_SHARED_OPTIN as u64
-    {
+    let limit = if optin > 0 { (stat + optin).min(MAX_SHARED_OPTIN as u64) } else { MAX_SHARED_DEFAULT as u64 };
+    if stat + dynb > limit.max(stat.min(MAX_SHARED_DEFAULT as u64)) || stat + dynb > MAX_SHARED_OPTIN as u64 {
         return Err(EmuError::OutOfResources(format!(
             "{stat} bytes static + {dynb} bytes dynamic shared memory exceed the limit of {limit}"
         )));
     }
     let need = k.info.param_bytes() as usize;
     if params.len() < need {
-        return Err(EmuError::InvalidValue(format!(
-            "parameter buffer of {} bytes, kernel {kernel} needs {need}",
-            params.len()
-        )));
+        return Err(EmuError::InvalidValue(format!("parameter buffer of {} bytes, kernel {kernel} needs {need}", params.len())));
     }
     Ok(())
 }
@@ -193,8 +153,7 @@ pub fn launch(
         nthreads,
         nwarps: nthreads.div_ceil(32),
         dyn_smem: cfg.shared_mem_bytes,
-        shared_bytes: (prog.dyn_shared_offset as usize + cfg.shared_mem_bytes as usize)
-            .max(prog.static_shared as usize),
+        shared_bytes: (prog.dyn_shared_offset as usize + cfg.shared_mem_bytes as usize).max(prog.static_shared as usize),
         abort: AtomicBool::new(false),
         error: Mutex::new(None),
         printf: Mutex::new(Vec::new()),
@@ -205,23 +164,13 @@ pub fn launch(
         start: now,
         instrs: AtomicU64::new(0),
     };
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let want = if opts.worker_threads == 0 {
-        cores
-    } else {
-        opts.worker_threads
-    };
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let want = if opts.worker_threads == 0 { cores } else { opts.worker_threads };
     let workers = (want as u64).min(total_ctas).max(1) as usize;
     if workers == 1 {
         worker(&ctx, 0);
     } else {
-        let pool = if opts.worker_threads == 0 {
-            None
-        } else {
-            pool_for(opts.worker_threads)
-        };
+        let pool = if opts.worker_threads == 0 { None } else { pool_for(opts.worker_threads) };
         match pool {
             Some(p) => p.scope(|s| spawn_all(s, &ctx, workers)),
             None => rayon::scope(|s| spawn_all(s, &ctx, workers)),
@@ -232,10 +181,7 @@ pub fn launch(
         return Err(e);
     }
     let printf = std::mem::take(&mut *ctx.printf.lock().unwrap_or_else(|e| e.into_inner()));
-    Ok(LaunchOutput {
-        printf,
-        thread_instructions: ctx.instrs.load(Ordering::Relaxed),
-    })
+    Ok(LaunchOutput { printf, thread_instructions: ctx.instrs.load(Ordering::Relaxed) })
 }
 
 fn spawn_all<'s, 'a: 's>(s: &rayon::Scope<'s>, ctx: &'s Ctx<'a>, workers: usize) {
@@ -274,6 +220,7 @@ struct Warp {
     /// The last few allocations this warp touched (saxpy alone alternates between two).
     cache: [Option<Arc<Allocation>>; 4],
     cache_next: usize,
+    red_pending: Option<(u8, u32, u32)>,
     count: u64,
 }
 
@@ -293,22 +240,20 @@ impl Warp {
             state: WState::Done,
             cache: Default::default(),
             cache_next: 0,
+            red_pending: None,
             count: 0,
         }
     }
 
     fn reset(&mut self, lanes: u32) {
-        self.live = if lanes >= 32 {
-            u32::MAX
-        } else {
-            (1u32 << lanes) - 1
-        };
+        self.live = if lanes >= 32 { u32::MAX } else { (1u32 << lanes) - 1 };
         self.active = self.live;
         self.blocked = 0;
         self.pc = 0;
         self.pcs = [0; 32];
         self.waiting_min = u32::MAX;
         self.state = WState::Run;
+        self.red_pending = None;
     }
 
     /// Picks the lanes with the lowest PC among the runnable ones. False if none.
@@ -393,6 +338,8 @@ impl Warp {
 struct Cta {
     warps: Vec<Warp>,
     shared: Vec<u8>,
+    /// `bar.red` contributions of the current barrier: lanes with a true predicate, lanes.
+    red: [u32; 2],
     ctaid: [u32; 3],
     sm: u32,
 }
@@ -401,6 +348,7 @@ fn worker(ctx: &Ctx, sm: u32) {
     let mut cta = Cta {
         warps: (0..ctx.nwarps).map(|i| Warp::new(ctx.prog, i)).collect(),
         shared: vec![0; ctx.shared_bytes],
+        red: [0; 2],
         ctaid: [0; 3],
         sm: sm % NUM_SMS,
     };
@@ -415,23 +363,13 @@ fn worker(ctx: &Ctx, sm: u32) {
         }
         let gx = ctx.grid[0] as u64;
         let gy = ctx.grid[1] as u64;
-        cta.ctaid = [
-            (id % gx) as u32,
-            ((id / gx) % gy) as u32,
-            (id / (gx * gy)) as u32,
-        ];
+        cta.ctaid = [(id % gx) as u32, ((id / gx) % gy) as u32, (id / (gx * gy)) as u32];
         if let Err(e) = run_cta(ctx, &mut cta) {
             fail(ctx, e);
             break;
         }
         if Instant::now() > ctx.deadline {
-            fail(
-                ctx,
-                EmuError::Timeout(format!(
-                    "kernel {} ran longer than {:?}",
-                    ctx.prog.name, ctx.watchdog
-                )),
-            );
+            fail(ctx, EmuError::Timeout(format!("kernel {} ran longer than {:?}", ctx.prog.name, ctx.watchdog)));
             break;
         }
     }
@@ -443,6 +381,7 @@ fn worker(ctx: &Ctx, sm: u32) {
 
 fn run_cta(ctx: &Ctx, cta: &mut Cta) -> Result<(), EmuError> {
     cta.shared.fill(0);
+    cta.red = [0; 2];
     let n = ctx.nthreads;
     for w in cta.warps.iter_mut() {
         let lanes = (n - w.id * 32).min(32);
@@ -460,7 +399,25 @@ fn run_cta(ctx: &Ctx, cta: &mut Cta) -> Result<(), EmuError> {
         if !any_run {
             // nothing runnable: either all done, or every live warp waits at the barrier
             let mut waiting = false;
+            let [trues, total] = std::mem::take(&mut cta.red);
             for w in cta.warps.iter_mut() {
+                if let Some((mode, d, m)) = w.red_pending.take() {
+                    match mode {
+                        0 => {
+                            let mut mm = m;
+                            while mm != 0 {
+                                let l = mm.trailing_zeros() as usize;
+                                mm &= mm - 1;
+                                w.regs[d as usize * 32 + l] = trues as u64;
+                            }
+                        }
+                        _ => {
+                            let r = if mode == 1 { trues == total } else { trues > 0 };
+                            let p = &mut w.preds[d as usize];
+                            *p = (*p & !m) | if r { m } else { 0 };
+                        }
+                    }
+                }
                 if w.state == WState::Barrier {
                     waiting = true;
                     w.blocked = 0;
@@ -504,14 +461,7 @@ struct Mem<'c, 'a> {
 }
 
 impl Mem<'_, '_> {
-    fn resolve(
-        &self,
-        sp: Space,
-        addr: u64,
-        size: u64,
-        lane: usize,
-        line: u32,
-    ) -> Result<Target, EmuError> {
+    fn resolve(&self, sp: Space, addr: u64, size: u64, lane: usize, line: u32) -> Result<Target, EmuError> {
         let sp = if sp == Space::Generic {
             if (SHARED_WIN..SHARED_WIN + WIN_SIZE).contains(&addr) {
                 return self.resolve(Space::Shared, addr - SHARED_WIN, size, lane, line);
@@ -525,17 +475,14 @@ impl Mem<'_, '_> {
         } else {
             sp
         };
-        if !addr.is_multiple_of(size) {
+        if addr & (size - 1) != 0 {
             return Err(EmuError::MisalignedAddress(format!(
                 "{}-byte access at {addr:#x} ({sp:?} space) in kernel {} line {line}",
                 size, self.ctx.prog.name
             )));
         }
         let bad = |what: &str| {
-            EmuError::IllegalAddress(format!(
-                "{}-byte access at {addr:#x} {what} in kernel {} line {line}",
-                size, self.ctx.prog.name
-            ))
+            EmuError::IllegalAddress(format!("{}-byte access at {addr:#x} {what} in kernel {} line {line}", size, self.ctx.prog.name))
         };
         Ok(match sp {
             Space::Shared => {
@@ -562,13 +509,7 @@ impl Mem<'_, '_> {
     }
 
     #[inline]
-    fn global<'w>(
-        &self,
-        w: &'w mut Warp,
-        addr: u64,
-        size: u64,
-        line: u32,
-    ) -> Result<&'w Allocation, EmuError> {
+    fn global<'w>(&self, w: &'w mut Warp, addr: u64, size: u64, line: u32) -> Result<&'w Allocation, EmuError> {
         let mut hit = usize::MAX;
         for (i, c) in w.cache.iter().enumerate() {
             if matches!(c, Some(a) if a.contains(addr, size)) {
@@ -594,17 +535,9 @@ impl Mem<'_, '_> {
         Ok(w.cache[hit].as_deref().expect("cached"))
     }
 
-    fn load(
-        &self,
-        w: &mut Warp,
-        sp: Space,
-        addr: u64,
-        size: u8,
-        lane: usize,
-        line: u32,
-    ) -> Result<u64, EmuError> {
+    fn load(&self, w: &mut Warp, sp: Space, addr: u64, size: u8, lane: usize, line: u32) -> Result<u64, EmuError> {
         if sp == Space::Global {
-            if !addr.is_multiple_of(size as u64) {
+            if addr & (size as u64 - 1) != 0 {
                 return Err(EmuError::MisalignedAddress(format!(
                     "{size}-byte load at {addr:#x} in kernel {} line {line}",
                     self.ctx.prog.name
@@ -625,18 +558,9 @@ impl Mem<'_, '_> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn store(
-        &mut self,
-        w: &mut Warp,
-        sp: Space,
-        addr: u64,
-        size: u8,
-        v: u64,
-        lane: usize,
-        line: u32,
-    ) -> Result<(), EmuError> {
+    fn store(&mut self, w: &mut Warp, sp: Space, addr: u64, size: u8, v: u64, lane: usize, line: u32) -> Result<(), EmuError> {
         if sp == Space::Global {
-            if !addr.is_multiple_of(size as u64) {
+            if addr & (size as u64 - 1) != 0 {
                 return Err(EmuError::MisalignedAddress(format!(
                     "{size}-byte store at {addr:#x} in kernel {} line {line}",
                     self.ctx.prog.name
@@ -674,11 +598,7 @@ impl Mem<'_, '_> {
         line: u32,
         f: impl Fn(u64) -> u64,
     ) -> Result<u64, EmuError> {
-        let m = if size >= 8 {
-            u64::MAX
-        } else {
-            (1u64 << (size * 8)) - 1
-        };
+        let m = if size >= 8 { u64::MAX } else { (1u64 << (size * 8)) - 1 };
         match self.resolve(sp, addr, size as u64, lane, line)? {
             Target::Global(g) => {
                 let a = self.global(w, g, size as u64, line)?;
@@ -694,10 +614,9 @@ impl Mem<'_, '_> {
                 store_bytes(&mut w.local, o, size, f(old) & m);
                 Ok(old)
             }
-            Target::Param(_) => Err(EmuError::IllegalAddress(format!(
-                "atomic on the parameter space in kernel {} line {line}",
-                self.ctx.prog.name
-            ))),
+            Target::Param(_) => {
+                Err(EmuError::IllegalAddress(format!("atomic on the parameter space in kernel {} line {line}", self.ctx.prog.name)))
+            }
         }
     }
 
@@ -720,6 +639,7 @@ fn sreg(ctx: &Ctx, cta: &Cta, w: &Warp, s: Sreg, lane: usize) -> u64 {
     let lin = w.id * 32 + lane as u32;
     let b = ctx.block;
     match s {
+        Sreg::Tid(0) if b[1] == 1 && b[2] == 1 => lin as u64,
         Sreg::Tid(0) => (lin % b[0]) as u64,
         Sreg::Tid(1) => ((lin / b[0]) % b[1]) as u64,
         Sreg::Tid(_) => (lin / (b[0] * b[1])) as u64,
@@ -734,10 +654,7 @@ fn sreg(ctx: &Ctx, cta: &Cta, w: &Warp, s: Sreg, lane: usize) -> u64 {
         Sreg::GridId => 1,
         Sreg::Clock => (ctx.start.elapsed().as_nanos() as u64) & 0xffff_ffff,
         Sreg::Clock64 => ctx.start.elapsed().as_nanos() as u64,
-        Sreg::GlobalTimer => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0),
+        Sreg::GlobalTimer => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0),
         Sreg::DynSmem => ctx.dyn_smem as u64,
         Sreg::TotalSmem => ctx.shared_bytes as u64,
         Sreg::LanemaskEq => 1u64 << lane,
@@ -776,14 +693,11 @@ fn comb(v: bool, c: Option<(BoolOp, PSrc)>, pv: u32, l: usize) -> bool {
 fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
     let (shared, warps) = (&mut cta.shared, &mut cta.warps);
     let w = &mut warps[wi];
-    let cta_ro = Cta {
-        warps: Vec::new(),
-        shared: Vec::new(),
-        ctaid: cta.ctaid,
-        sm: cta.sm,
-    };
+    let red = &mut cta.red;
+    let cta_ro = Cta { warps: Vec::new(), shared: Vec::new(), red: [0; 2], ctaid: cta.ctaid, sm: cta.sm };
     let mut mem = Mem { ctx, shared };
     let code = &ctx.prog.code[..];
+    let cta_warps = ctx.nwarps;
     let mut budget: u32 = 0;
     let mut count: u64 = 0;
     macro_rules! v {
@@ -805,10 +719,12 @@ fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
                 break Ok(WState::Done);
             }
             if Instant::now() > ctx.deadline {
-                break Err(EmuError::Timeout(format!(
-                    "kernel {} ran longer than {:?}",
-                    ctx.prog.name, ctx.watchdog
-                )));
+                break Err(EmuError::Timeout(format!("kernel {} ran longer than {:?}", ctx.prog.name, ctx.watchdog)));
+            }
+            // time slice: let the CTA's other warps run (a warp may be spinning on a
+            // flag that another warp of the CTA sets)
+            if cta_warps > 1 {
+                break Ok(WState::Run);
             }
         }
         let ins = &code[w.pc as usize];
@@ -850,14 +766,7 @@ fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
             Op::Cvt { d, a, s } => each_lane!(mask, l, {
                 w.regs[d as usize * 32 + l] = ops::cvt(v!(a, l), &s);
             }),
-            Op::Setp {
-                p,
-                q,
-                a,
-                b,
-                f,
-                comb: cb,
-            } => {
+            Op::Setp { p, q, a, b, f, comb: cb } => {
                 let cv = cb.map(|(_, s)| w.pval(s)).unwrap_or(0);
                 let mut pm = 0u32;
                 let mut qm = 0u32;
@@ -879,14 +788,7 @@ fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
                     *o = (*o & !mask) | qm;
                 }
             }
-            Op::Set {
-                d,
-                a,
-                b,
-                f,
-                comb: cb,
-                t,
-            } => {
+            Op::Set { d, a, b, f, comb: cb, t } => {
                 let cv = cb.map(|(_, s)| w.pval(s)).unwrap_or(0);
                 each_lane!(mask, l, {
                     let r = comb(f(v!(a, l), v!(b, l)), cb, cv, l);
@@ -896,11 +798,7 @@ fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
             Op::Selp { d, a, b, p } => {
                 let pv = w.pval(p);
                 each_lane!(mask, l, {
-                    w.regs[d as usize * 32 + l] = if (pv >> l) & 1 != 0 {
-                        v!(a, l)
-                    } else {
-                        v!(b, l)
-                    };
+                    w.regs[d as usize * 32 + l] = if (pv >> l) & 1 != 0 { v!(a, l) } else { v!(b, l) };
                 })
             }
             Op::PLogic { d, a, b, op } => {
@@ -913,20 +811,8 @@ fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
                 let o = &mut w.preds[d as usize];
                 *o = (*o & !mask) | (r & mask);
             }
-            Op::Ld {
-                sp,
-                d,
-                n,
-                size,
-                sext,
-                dbits,
-                a,
-            } => {
-                let dm = if dbits >= 64 {
-                    u64::MAX
-                } else {
-                    (1u64 << dbits) - 1
-                };
+            Op::Ld { sp, d, n, size, sext, dbits, a } => {
+                let dm = if dbits >= 64 { u64::MAX } else { (1u64 << dbits) - 1 };
                 let base = a.base;
                 if n == 1 && sext == 0 && fast_load(w, &mem, sp, a, d[0], size, mask) {
                     w.pc += 1;
@@ -938,7 +824,7 @@ fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
                         None => 0,
                     }
                     .wrapping_add(a.off as u64);
-                    if n > 1 && addr % (n as u64 * size as u64) != 0 {
+                    if n > 1 && addr & (n as u64 * size as u64 - 1) != 0 {
                         return finish(
                             w,
                             count,
@@ -949,14 +835,7 @@ fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
                         );
                     }
                     for (k, &dk) in d.iter().enumerate().take(n as usize) {
-                        let mut x = match mem.load(
-                            w,
-                            sp,
-                            addr + (k as u64) * size as u64,
-                            size,
-                            l,
-                            ins.line,
-                        ) {
+                        let mut x = match mem.load(w, sp, addr + (k as u64) * size as u64, size, l, ins.line) {
                             Ok(x) => x,
                             Err(e) => return finish(w, count, Err(e)),
                         };
@@ -979,7 +858,7 @@ fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
                         None => 0,
                     }
                     .wrapping_add(a.off as u64);
-                    if n > 1 && addr % (n as u64 * size as u64) != 0 {
+                    if n > 1 && addr & (n as u64 * size as u64 - 1) != 0 {
                         return finish(
                             w,
                             count,
@@ -991,23 +870,13 @@ fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
                     }
                     for (k, sv) in s.iter().enumerate().take(n as usize) {
                         let x = v!(*sv, l);
-                        if let Err(e) =
-                            mem.store(w, sp, addr + (k as u64) * size as u64, size, x, l, ins.line)
-                        {
+                        if let Err(e) = mem.store(w, sp, addr + (k as u64) * size as u64, size, x, l, ins.line) {
                             return finish(w, count, Err(e));
                         }
                     }
                 })
             }
-            Op::Atom {
-                sp,
-                d,
-                a,
-                b,
-                c,
-                size,
-                f,
-            } => {
+            Op::Atom { sp, d, a, b, c, size, f } => {
                 each_lane!(mask, l, {
                     let addr = eff(w, a, l);
                     let (bv, cv) = (v!(b, l), v!(c, l));
@@ -1053,6 +922,21 @@ fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
                     continue;
                 }
             }
+            Op::BarRed { mode, d, a } => {
+                let pv = w.pval(a) & mask;
+                red[0] += pv.count_ones();
+                red[1] += mask.count_ones();
+                w.red_pending = Some((mode, d, mask));
+                w.blocked |= mask;
+                w.set_pcs(mask, w.pc + 1);
+                w.active &= !mask;
+                if w.active == 0 {
+                    if !w.reschedule() {
+                        break Ok(WState::Barrier);
+                    }
+                    continue;
+                }
+            }
             Op::Bar => {
                 w.blocked |= mask;
                 w.set_pcs(mask, w.pc + 1);
@@ -1067,21 +951,11 @@ fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
             }
             Op::Trap => {
                 if mask != 0 {
-                    break Err(EmuError::Trap(format!(
-                        "trap instruction in kernel {} line {}",
-                        ctx.prog.name, ins.line
-                    )));
+                    break Err(EmuError::Trap(format!("trap instruction in kernel {} line {}", ctx.prog.name, ins.line)));
                 }
             }
             Op::Nop => {}
-            Op::Shfl {
-                mode,
-                d,
-                p,
-                a,
-                b,
-                c,
-            } => {
+            Op::Shfl { mode, d, p, a, b, c } => {
                 let mut vals = [0u64; 32];
                 let mut ok = 0u32;
                 each_lane!(mask, l, {
@@ -1198,11 +1072,7 @@ fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
             }
             Op::Pack { d, s, n, w: width } => each_lane!(mask, l, {
                 let mut r = 0u64;
-                let m = if width >= 64 {
-                    u64::MAX
-                } else {
-                    (1u64 << width) - 1
-                };
+                let m = if width >= 64 { u64::MAX } else { (1u64 << width) - 1 };
                 for (k, sv) in s.iter().enumerate().take(n as usize) {
                     r |= (v!(*sv, l) & m) << (k as u32 * width as u32);
                 }
@@ -1210,11 +1080,7 @@ fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
             }),
             Op::Unpack { d, a, n, w: width } => each_lane!(mask, l, {
                 let x = v!(a, l);
-                let m = if width >= 64 {
-                    u64::MAX
-                } else {
-                    (1u64 << width) - 1
-                };
+                let m = if width >= 64 { u64::MAX } else { (1u64 << width) - 1 };
                 for (k, dr) in d.iter().enumerate().take(n as usize) {
                     w.regs[*dr as usize * 32 + l] = (x >> (k as u32 * width as u32)) & m;
                 }
@@ -1226,20 +1092,11 @@ fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
                     }
                 })
             }
-            Op::AssertFail {
-                msg,
-                file,
-                line,
-                func,
-            } => {
+            Op::AssertFail { msg, file, line, func } => {
                 if mask != 0 {
                     let l = mask.trailing_zeros() as usize;
                     let e = assert_message(&mut mem, w, l, msg, file, line, func, ins.line);
-                    break Err(EmuError::Trap(format!(
-                        "assertion failed in kernel {}: {e}",
-                        ctx.prog.name
-                    ))
-                    .into_assert());
+                    break Err(EmuError::Trap(format!("assertion failed in kernel {}: {e}", ctx.prog.name)).into_assert());
                 }
             }
         }
@@ -1297,7 +1154,7 @@ fn fast_load(w: &mut Warp, mem: &Mem, sp: Space, a: Addr, d: u32, size: u8, mask
                     None => 0,
                 }
                 .wrapping_add(a.off as u64);
-                if addr % sz != 0 || addr.saturating_add(sz) > sh.len() as u64 {
+                if addr & (sz - 1) != 0 || addr.saturating_add(sz) > sh.len() as u64 {
                     ok = false;
                     break;
                 }
@@ -1313,7 +1170,7 @@ fn fast_load(w: &mut Warp, mem: &Mem, sp: Space, a: Addr, d: u32, size: u8, mask
                     None => 0,
                 }
                 .wrapping_add(a.off as u64);
-                if addr % sz != 0 {
+                if addr & (sz - 1) != 0 {
                     ok = false;
                     break;
                 }
@@ -1324,6 +1181,23 @@ fn fast_load(w: &mut Warp, mem: &Mem, sp: Space, a: Addr, d: u32, size: u8, mask
                         break;
                     }
                 }
+            });
+            ok
+        }
+        Space::KParam => {
+            let p = mem.ctx.params;
+            let mut ok = true;
+            each_lane!(mask, l, {
+                let addr = match a.base {
+                    Some(r) => regs[r as usize * 32 + l],
+                    None => 0,
+                }
+                .wrapping_add(a.off as u64);
+                if addr & (sz - 1) != 0 || addr.saturating_add(sz) > p.len() as u64 {
+                    ok = false;
+                    break;
+                }
+                tmp[l] = load_bytes(p, addr as usize, size);
             });
             ok
         }
@@ -1361,7 +1235,7 @@ fn fast_store(w: &mut Warp, mem: &mut Mem, sp: Space, a: Addr, s: Src, size: u8,
                     None => 0,
                 }
                 .wrapping_add(a.off as u64);
-                if addr % sz != 0 || addr.saturating_add(sz) > len {
+                if addr & (sz - 1) != 0 || addr.saturating_add(sz) > len {
                     ok = false;
                     break;
                 }
@@ -1377,7 +1251,7 @@ fn fast_store(w: &mut Warp, mem: &mut Mem, sp: Space, a: Addr, s: Src, size: u8,
                     None => 0,
                 }
                 .wrapping_add(a.off as u64);
-                if addr % sz != 0 {
+                if addr & (sz - 1) != 0 {
                     ok = false;
                     break;
                 }
@@ -1431,22 +1305,11 @@ fn frame_u64(w: &Warp, ctx: &Ctx, lane: usize, off: u32) -> u64 {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn assert_message(
-    mem: &mut Mem,
-    w: &mut Warp,
-    l: usize,
-    msg: u32,
-    file: u32,
-    line: u32,
-    func: u32,
-    pl: u32,
-) -> String {
+fn assert_message(mem: &mut Mem, w: &mut Warp, l: usize, msg: u32, file: u32, line: u32, func: u32, pl: u32) -> String {
     let ctx = mem.ctx;
     let s = |mem: &mut Mem, w: &mut Warp, off: u32| -> String {
         let p = frame_u64(w, ctx, l, off);
-        mem.cstr(w, p, l, pl)
-            .map(|v| String::from_utf8_lossy(&v).into_owned())
-            .unwrap_or_default()
+        mem.cstr(w, p, l, pl).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default()
     };
     let m = s(mem, w, msg);
     let f = s(mem, w, file);
@@ -1456,16 +1319,7 @@ fn assert_message(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn do_printf(
-    ctx: &Ctx,
-    mem: &mut Mem,
-    w: &mut Warp,
-    l: usize,
-    ret: u32,
-    fmt: u32,
-    args: u32,
-    line: u32,
-) -> Result<(), EmuError> {
+fn do_printf(ctx: &Ctx, mem: &mut Mem, w: &mut Warp, l: usize, ret: u32, fmt: u32, args: u32, line: u32) -> Result<(), EmuError> {
     let fp = frame_u64(w, ctx, l, fmt);
     let ap = frame_u64(w, ctx, l, args);
     let f = mem.cstr(w, fp, l, line)?;
@@ -1496,13 +1350,7 @@ fn do_printf(
         let flags_end = i;
         let mut long = 0;
         while i < f.len() && b"hlLqjzt".contains(&f[i]) {
-            if f[i] == b'l'
-                || f[i] == b'L'
-                || f[i] == b'q'
-                || f[i] == b'j'
-                || f[i] == b'z'
-                || f[i] == b't'
-            {
+            if f[i] == b'l' || f[i] == b'L' || f[i] == b'q' || f[i] == b'j' || f[i] == b'z' || f[i] == b't' {
                 long += 1;
             }
             i += 1;
@@ -1525,20 +1373,12 @@ fn do_printf(
             }
         };
         argoff = argoff.div_ceil(size) * size;
-        let raw = if ap == 0 {
-            0
-        } else {
-            mem.load(w, Space::Generic, ap + argoff, size as u8, l, line)?
-        };
+        let raw = if ap == 0 { 0 } else { mem.load(w, Space::Generic, ap + argoff, size as u8, l, line)? };
         argoff += size;
         nargs += 1;
         let text = match conv {
             b'd' | b'i' => {
-                let v = if size == 8 {
-                    raw as i64
-                } else {
-                    raw as u32 as i32 as i64
-                };
+                let v = if size == 8 { raw as i64 } else { raw as u32 as i32 as i64 };
                 fmt_num(spec, v.to_string(), v < 0)
             }
             b'u' => fmt_num(spec, raw.to_string(), false),
@@ -1548,16 +1388,10 @@ fn do_printf(
             b'c' => ((raw as u8) as char).to_string(),
             b'p' => format!("0x{raw:x}"),
             b's' => {
-                let s = if raw == 0 {
-                    b"(null)".to_vec()
-                } else {
-                    mem.cstr(w, raw, l, line)?
-                };
+                let s = if raw == 0 { b"(null)".to_vec() } else { mem.cstr(w, raw, l, line)? };
                 pad(spec, String::from_utf8_lossy(&s).into_owned())
             }
-            b'f' | b'F' | b'e' | b'E' | b'g' | b'G' | b'a' | b'A' => {
-                fmt_float(spec, conv, f64::from_bits(raw))
-            }
+            b'f' | b'F' | b'e' | b'E' | b'g' | b'G' | b'a' | b'A' => fmt_float(spec, conv, f64::from_bits(raw)),
             _ => String::new(),
         };
         out.extend_from_slice(text.as_bytes());
@@ -1569,10 +1403,7 @@ fn do_printf(
             store_bytes(&mut w.local, o, 4, nargs);
         }
     }
-    ctx.printf
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .extend_from_slice(&out);
+    ctx.printf.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&out);
     Ok(())
 }
 
@@ -1642,24 +1473,13 @@ fn fmt_float(spec: &str, conv: u8, v: f64) -> String {
             b'e' | b'E' => c_exp(v, p),
             b'g' | b'G' => {
                 let p = if p == 0 { 1 } else { p };
-                let exp = if v == 0.0 {
-                    0
-                } else {
-                    v.abs().log10().floor() as i32
-                };
-                let mut s = if exp < -4 || exp >= p as i32 {
-                    c_exp(v, p - 1)
-                } else {
-                    format!("{:.*}", (p as i32 - 1 - exp).max(0) as usize, v)
-                };
+                let exp = if v == 0.0 { 0 } else { v.abs().log10().floor() as i32 };
+                let mut s =
+                    if exp < -4 || exp >= p as i32 { c_exp(v, p - 1) } else { format!("{:.*}", (p as i32 - 1 - exp).max(0) as usize, v) };
                 if !spec.contains('#') {
                     if let Some(epos) = s.find('e') {
                         let (m, e) = s.split_at(epos);
-                        let m = if m.contains('.') {
-                            m.trim_end_matches('0').trim_end_matches('.')
-                        } else {
-                            m
-                        };
+                        let m = if m.contains('.') { m.trim_end_matches('0').trim_end_matches('.') } else { m };
                         s = format!("{m}{e}");
                     } else if s.contains('.') {
                         s = s.trim_end_matches('0').trim_end_matches('.').to_string();
@@ -1680,11 +1500,7 @@ fn fmt_float(spec: &str, conv: u8, v: f64) -> String {
         if left {
             s = format!("{s:<width$}");
         } else if zero && v.is_finite() {
-            let (sign, body) = if s.starts_with('-') || s.starts_with('+') {
-                s.split_at(1)
-            } else {
-                ("", s.as_str())
-            };
+            let (sign, body) = if s.starts_with('-') || s.starts_with('+') { s.split_at(1) } else { ("", s.as_str()) };
             s = format!("{sign}{}{body}", "0".repeat(width - s.len()));
         } else {
             s = format!("{s:>width$}");
@@ -1698,11 +1514,7 @@ fn c_exp(v: f64, p: usize) -> String {
     // Rust prints 1.5e3; C prints 1.5e+03
     match s.split_once('e') {
         Some((m, e)) => {
-            let (sign, digits) = if let Some(d) = e.strip_prefix('-') {
-                ('-', d)
-            } else {
-                ('+', e)
-            };
+            let (sign, digits) = if let Some(d) = e.strip_prefix('-') { ('-', d) } else { ('+', e) };
             format!("{m}e{sign}{digits:0>2}")
         }
         None => s,

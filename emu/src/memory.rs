@@ -53,12 +53,7 @@ impl Allocation {
         let words = size.div_ceil(8) as usize;
         let npages = words.div_ceil(PAGE_WORDS);
         let pages = (0..npages).map(|_| OnceLock::new()).collect();
-        Allocation {
-            base,
-            size,
-            words,
-            pages,
-        }
+        Allocation { base, size, words, pages }
     }
 
     /// True if `[addr, addr+len)` lies inside this allocation.
@@ -179,11 +174,7 @@ impl Allocation {
             let n = (8 - b).min(data.len() - pos);
             let mut bytes = [0u8; 8];
             bytes[b..b + n].copy_from_slice(&data[pos..pos + n]);
-            let mask = if n == 8 {
-                u64::MAX
-            } else {
-                ((1u64 << (n * 8)) - 1) << (b * 8)
-            };
+            let mask = if n == 8 { u64::MAX } else { ((1u64 << (n * 8)) - 1) << (b * 8) };
             self.word_store(wi, u64::from_le_bytes(bytes), mask);
             pos += n;
             o += n as u64;
@@ -227,15 +218,7 @@ impl DeviceMemory {
     /// A device whose addresses start at `base` (nonzero) and that reports `capacity` bytes.
     pub fn new(base: u64, capacity: u64) -> Self {
         let base = round_up(base.max(ALLOC_ALIGN), ALLOC_ALIGN);
-        DeviceMemory {
-            base,
-            capacity,
-            used: AtomicU64::new(0),
-            state: RwLock::new(State {
-                allocs: BTreeMap::new(),
-                next: base,
-            }),
-        }
+        DeviceMemory { base, capacity, used: AtomicU64::new(0), state: RwLock::new(State { allocs: BTreeMap::new(), next: base }) }
     }
 
     fn read_state(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -283,8 +266,7 @@ impl DeviceMemory {
             }
         };
         st.next = st.next.max(addr + span);
-        st.allocs
-            .insert(addr, Arc::new(Allocation::new(addr, size)));
+        st.allocs.insert(addr, Arc::new(Allocation::new(addr, size)));
         self.used.fetch_add(span, Ordering::Relaxed);
         Ok(addr)
     }
@@ -294,13 +276,10 @@ impl DeviceMemory {
         let mut st = self.write_state();
         match st.allocs.remove(&ptr) {
             Some(a) => {
-                self.used
-                    .fetch_sub(round_up(a.size, ALLOC_ALIGN), Ordering::Relaxed);
+                self.used.fetch_sub(round_up(a.size, ALLOC_ALIGN), Ordering::Relaxed);
                 Ok(a.size)
             }
-            None => Err(EmuError::InvalidValue(format!(
-                "{ptr:#x} is not the start of an allocation"
-            ))),
+            None => Err(EmuError::InvalidValue(format!("{ptr:#x} is not the start of an allocation"))),
         }
     }
 
@@ -341,9 +320,7 @@ impl DeviceMemory {
     }
 
     fn range(&self, addr: u64, len: u64) -> Result<Arc<Allocation>, EmuError> {
-        let a = self.find(addr).ok_or_else(|| {
-            EmuError::InvalidValue(format!("{addr:#x} is not inside any allocation"))
-        })?;
+        let a = self.find(addr).ok_or_else(|| EmuError::InvalidValue(format!("{addr:#x} is not inside any allocation")))?;
         if !a.contains(addr, len) {
             return Err(EmuError::InvalidValue(format!(
                 "range {addr:#x}+{len} runs past the end of the allocation {:#x}+{}",
@@ -405,18 +382,12 @@ impl DeviceMemory {
     pub fn fill(&self, addr: u64, pattern: &[u8], count: u64) -> Result<(), EmuError> {
         let psz = pattern.len() as u64;
         if !matches!(psz, 1 | 2 | 4) {
-            return Err(EmuError::InvalidValue(format!(
-                "memset pattern of {psz} bytes"
-            )));
+            return Err(EmuError::InvalidValue(format!("memset pattern of {psz} bytes")));
         }
         if !addr.is_multiple_of(psz) {
-            return Err(EmuError::InvalidValue(format!(
-                "memset address {addr:#x} not aligned to {psz}"
-            )));
+            return Err(EmuError::InvalidValue(format!("memset address {addr:#x} not aligned to {psz}")));
         }
-        let len = count
-            .checked_mul(psz)
-            .ok_or_else(|| EmuError::InvalidValue("memset size overflows".into()))?;
+        let len = count.checked_mul(psz).ok_or_else(|| EmuError::InvalidValue("memset size overflows".into()))?;
         if len == 0 {
             return Ok(());
         }

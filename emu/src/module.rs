@@ -75,10 +75,7 @@ pub struct Module {
 
 impl std::fmt::Debug for Module {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Module")
-            .field("kernels", &self.kernel_names())
-            .field("globals", &self.globals)
-            .finish()
+        f.debug_struct("Module").field("kernels", &self.kernel_names()).field("globals", &self.globals).finish()
     }
 }
 
@@ -91,23 +88,14 @@ fn image_text(image: &[u8]) -> Result<&str, EmuError> {
                 .into(),
         ));
     }
-    if image.starts_with(&[0x50, 0xed, 0x55, 0xba]) || image.starts_with(&[0x46, 0x62, 0xc1, 0x46])
-    {
-        return Err(EmuError::InvalidPtx(
-            "the image is a fatbinary; the emulated device runs PTX text only".into(),
-        ));
+    if image.starts_with(&[0x50, 0xed, 0x55, 0xba]) || image.starts_with(&[0x46, 0x62, 0xc1, 0x46]) {
+        return Err(EmuError::InvalidPtx("the image is a fatbinary; the emulated device runs PTX text only".into()));
     }
     let end = image.iter().position(|&b| b == 0).unwrap_or(image.len());
-    std::str::from_utf8(&image[..end])
-        .map_err(|e| EmuError::InvalidPtx(format!("the image is not PTX text: {e}")))
+    std::str::from_utf8(&image[..end]).map_err(|e| EmuError::InvalidPtx(format!("the image is not PTX text: {e}")))
 }
 
-fn write_init(
-    mem: &DeviceMemory,
-    addr: u64,
-    v: &ptx::VarDecl,
-    syms: &HashMap<String, GlobalVar>,
-) -> Result<(), EmuError> {
+fn write_init(mem: &DeviceMemory, addr: u64, v: &ptx::VarDecl, syms: &HashMap<String, GlobalVar>) -> Result<(), EmuError> {
     let es = v.elem_size() as usize;
     let is_float = v.ty.starts_with('f');
     let mut bytes = Vec::with_capacity(v.init.len() * es);
@@ -148,12 +136,9 @@ fn write_init(
                 }
             }
             InitVal::Sym(s, off) => {
-                let g = syms.get(s).ok_or_else(|| {
-                    EmuError::InvalidPtx(format!(
-                        "line {}: initialiser of {} names unknown symbol {s}",
-                        v.line, v.name
-                    ))
-                })?;
+                let g = syms
+                    .get(s)
+                    .ok_or_else(|| EmuError::InvalidPtx(format!("line {}: initialiser of {} names unknown symbol {s}", v.line, v.name)))?;
                 g.addr.wrapping_add(*off as u64)
             }
         };
@@ -174,9 +159,7 @@ impl Module {
     pub fn load(image: &[u8], mem: &Arc<DeviceMemory>) -> Result<Module, EmuError> {
         let text = image_text(image)?;
         if !text.contains(".version") && !text.contains(".entry") && !text.contains(".func") {
-            return Err(EmuError::InvalidPtx(
-                "the image does not look like PTX text".into(),
-            ));
+            return Err(EmuError::InvalidPtx("the image does not look like PTX text".into()));
         }
         let m = ptx::parse(text)?;
         let mut globals = HashMap::new();
@@ -194,13 +177,7 @@ impl Module {
                 }
                 let addr = mem.alloc(size)?;
                 allocations.push(addr);
-                globals.insert(
-                    v.name.clone(),
-                    GlobalVar {
-                        addr,
-                        size: v.size(),
-                    },
-                );
+                globals.insert(v.name.clone(), GlobalVar { addr, size: v.size() });
             }
             for v in &m.vars {
                 if let Some(g) = globals.get(&v.name) {
@@ -214,11 +191,7 @@ impl Module {
                 .target
                 .split(',')
                 .find_map(|t| t.strip_prefix("sm_").or_else(|| t.strip_prefix("compute_")))
-                .and_then(|s| {
-                    s.trim_end_matches(|c: char| c.is_ascii_alphabetic())
-                        .parse()
-                        .ok()
-                })
+                .and_then(|s| s.trim_end_matches(|c: char| c.is_ascii_alphabetic()).parse().ok())
                 .unwrap_or(80);
             let mut kernels = Vec::new();
             for f in m.funcs.iter().filter(|f| f.is_entry && f.body.is_some()) {
@@ -228,18 +201,11 @@ impl Module {
                 for p in &f.params {
                     let align = p.align.max(1);
                     off = off.div_ceil(align) * align;
-                    params.push(ParamInfo {
-                        offset: off,
-                        size: p.size(),
-                        align,
-                    });
+                    params.push(ParamInfo { offset: off, size: p.size(), align });
                     off += p.size();
                 }
-                let maxthreads = f
-                    .reqntid
-                    .or(f.maxntid)
-                    .map(|d| d.iter().map(|&x| x as u64).product::<u64>().min(1024) as i32)
-                    .unwrap_or(1024);
+                let maxthreads =
+                    f.reqntid.or(f.maxntid).map(|d| d.iter().map(|&x| x as u64).product::<u64>().min(1024) as i32).unwrap_or(1024);
                 let attrs = FuncAttributes {
                     max_threads_per_block: maxthreads,
                     shared_size_bytes: prog.static_shared as i32,
@@ -249,11 +215,7 @@ impl Module {
                     ptx_version,
                     binary_version,
                 };
-                let info = KernelInfo {
-                    name: f.name.clone(),
-                    params,
-                    attrs,
-                };
+                let info = KernelInfo { name: f.name.clone(), params, attrs };
                 debug_assert!(info.check(&prog));
                 kernels.push(Kernel {
                     info,
@@ -267,17 +229,8 @@ impl Module {
         })();
         match result {
             Ok(kernels) => {
-                let by_name = kernels
-                    .iter()
-                    .enumerate()
-                    .map(|(i, k)| (k.info.name.clone(), i))
-                    .collect();
-                Ok(Module {
-                    kernels,
-                    by_name,
-                    globals,
-                    allocations: Mutex::new(allocations),
-                })
+                let by_name = kernels.iter().enumerate().map(|(i, k)| (k.info.name.clone(), i)).collect();
+                Ok(Module { kernels, by_name, globals, allocations: Mutex::new(allocations) })
             }
             Err(e) => {
                 for a in allocations {
@@ -310,13 +263,9 @@ impl Module {
     /// CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES). Static + dynamic may then reach
     /// 163 KiB (the cc 8.0 limit).
     pub fn set_max_dynamic_shared(&self, kernel: &str, bytes: u32) -> Result<(), EmuError> {
-        let k = self
-            .kernel_impl(kernel)
-            .ok_or_else(|| EmuError::NotFound(format!("kernel {kernel}")))?;
+        let k = self.kernel_impl(kernel).ok_or_else(|| EmuError::NotFound(format!("kernel {kernel}")))?;
         if bytes as u64 + k.prog.static_shared as u64 > crate::exec::MAX_SHARED_OPTIN as u64 {
-            return Err(EmuError::InvalidValue(format!(
-                "{bytes} bytes of dynamic shared memory exceed the device limit"
-            )));
+            return Err(EmuError::InvalidValue(format!("{bytes} bytes of dynamic shared memory exceed the device limit")));
         }
         k.max_dynamic_shared.store(bytes, Ordering::Relaxed);
         Ok(())

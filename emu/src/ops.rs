@@ -56,7 +56,7 @@ macro_rules! int_impl {
             }
             #[inline(always)]
             fn mulhi(self, o: Self) -> Self {
-                ((self as i128 * o as i128) >> <$t>::BITS) as $t
+                (((self as $w).wrapping_mul(o as $w)) >> <$t>::BITS) as $t
             }
             #[inline(always)]
             fn wide(self, o: Self) -> u64 {
@@ -721,11 +721,7 @@ impl NextF for f32 {
 }
 
 pub fn cvt(a: u64, s: &CvtSpec) -> u64 {
-    let dmask = if s.dst.bits() >= 64 {
-        u64::MAX
-    } else {
-        (1u64 << s.dst.bits()) - 1
-    };
+    let dmask = if s.dst.bits() >= 64 { u64::MAX } else { (1u64 << s.dst.bits()) - 1 };
     match (s.src.is_float(), s.dst.is_float()) {
         (false, false) => {
             let v: i128 = match s.src {
@@ -834,6 +830,9 @@ mod tests {
         assert_eq!(mulwide::<i32>(0xffff_ffff, 2), (-2i64) as u64);
         assert_eq!(mulwide::<u32>(0xffff_ffff, 2), 0x1_ffff_fffe);
         assert_eq!(mulhi::<u32>(0x8000_0000, 4), 2);
+        assert_eq!(mulhi::<u64>(u64::MAX, u64::MAX), u64::MAX - 1);
+        assert_eq!(mulhi::<i64>((-1i64) as u64, 5), u64::MAX);
+        assert_eq!(mulhi::<i32>((-2i32) as u32 as u64, 3), 0xffff_ffff);
         assert_eq!(shr_s::<i32>(0x8000_0000, 31), 0xffff_ffff);
         assert_eq!(shr_u::<32>(0x8000_0000, 31), 1);
         assert_eq!(shl::<32>(1, 32), 0);
@@ -851,55 +850,19 @@ mod tests {
 
     #[test]
     fn cvts() {
-        let s = CvtSpec {
-            dst: NumTy::S(32),
-            src: NumTy::F32,
-            rnd: Rnd::Rz,
-            int_rnd: false,
-            sat: false,
-        };
+        let s = CvtSpec { dst: NumTy::S(32), src: NumTy::F32, rnd: Rnd::Rz, int_rnd: false, sat: false };
         assert_eq!(cvt((-2.7f32).to_bits() as u64, &s), (-2i32) as u32 as u64);
         assert_eq!(cvt(f32::NAN.to_bits() as u64, &s), 0);
         assert_eq!(cvt(1e20f32.to_bits() as u64, &s), i32::MAX as u64);
-        let s = CvtSpec {
-            dst: NumTy::F32,
-            src: NumTy::S(32),
-            rnd: Rnd::Rn,
-            int_rnd: false,
-            sat: false,
-        };
+        let s = CvtSpec { dst: NumTy::F32, src: NumTy::S(32), rnd: Rnd::Rn, int_rnd: false, sat: false };
         assert_eq!(cvt((-3i32) as u32 as u64, &s), (-3.0f32).to_bits() as u64);
-        let s = CvtSpec {
-            dst: NumTy::S(64),
-            src: NumTy::S(32),
-            rnd: Rnd::None,
-            int_rnd: false,
-            sat: false,
-        };
+        let s = CvtSpec { dst: NumTy::S(64), src: NumTy::S(32), rnd: Rnd::None, int_rnd: false, sat: false };
         assert_eq!(cvt(0xffff_ffff, &s), u64::MAX);
-        let s = CvtSpec {
-            dst: NumTy::U(8),
-            src: NumTy::S(32),
-            rnd: Rnd::None,
-            int_rnd: false,
-            sat: true,
-        };
+        let s = CvtSpec { dst: NumTy::U(8), src: NumTy::S(32), rnd: Rnd::None, int_rnd: false, sat: true };
         assert_eq!(cvt(300, &s), 255);
-        let s = CvtSpec {
-            dst: NumTy::F16,
-            src: NumTy::F32,
-            rnd: Rnd::Rn,
-            int_rnd: false,
-            sat: false,
-        };
+        let s = CvtSpec { dst: NumTy::F16, src: NumTy::F32, rnd: Rnd::Rn, int_rnd: false, sat: false };
         assert_eq!(cvt(1.5f32.to_bits() as u64, &s), 0x3e00);
-        let s = CvtSpec {
-            dst: NumTy::F32,
-            src: NumTy::F32,
-            rnd: Rnd::Rn,
-            int_rnd: true,
-            sat: false,
-        };
+        let s = CvtSpec { dst: NumTy::F32, src: NumTy::F32, rnd: Rnd::Rn, int_rnd: true, sat: false };
         assert_eq!(cvt(2.5f32.to_bits() as u64, &s), 2.0f32.to_bits() as u64);
     }
 }

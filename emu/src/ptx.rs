@@ -73,10 +73,7 @@ pub fn lex(src: &str) -> Result<Vec<Token>, EmuError> {
                 i += 1;
             }
             let s = String::from_utf8_lossy(&b[start..i.min(b.len())]).into_owned();
-            out.push(Token {
-                tok: Tok::Str(s),
-                line,
-            });
+            out.push(Token { tok: Tok::Str(s), line });
             i += 1;
             continue;
         }
@@ -85,29 +82,19 @@ pub fn lex(src: &str) -> Result<Vec<Token>, EmuError> {
             loop {
                 if i < b.len() && is_id_char(b[i]) {
                     i += 1;
-                } else if i + 2 < b.len()
-                    && b[i] == b':'
-                    && b[i + 1] == b':'
-                    && is_id_char(b[i + 2])
-                {
+                } else if i + 2 < b.len() && b[i] == b':' && b[i + 1] == b':' && is_id_char(b[i + 2]) {
                     // cache-policy modifiers such as `.L1::no_allocate`
                     i += 2;
                 } else {
                     break;
                 }
             }
-            out.push(Token {
-                tok: Tok::Id(src[start..i].to_string()),
-                line,
-            });
+            out.push(Token { tok: Tok::Id(src[start..i].to_string()), line });
             continue;
         }
         if c.is_ascii_digit() {
             let start = i;
-            if c == b'0'
-                && i + 1 < b.len()
-                && matches!(b[i + 1], b'f' | b'F' | b'd' | b'D' | b'x' | b'X')
-            {
+            if c == b'0' && i + 1 < b.len() && matches!(b[i + 1], b'f' | b'F' | b'd' | b'D' | b'x' | b'X') {
                 let kind = b[i + 1].to_ascii_lowercase();
                 i += 2;
                 let hs = i;
@@ -115,8 +102,7 @@ pub fn lex(src: &str) -> Result<Vec<Token>, EmuError> {
                     i += 1;
                 }
                 let hex = &src[hs..i];
-                let bad =
-                    || EmuError::InvalidPtx(format!("line {line}: bad number {}", &src[start..i]));
+                let bad = || EmuError::InvalidPtx(format!("line {line}: bad number {}", &src[start..i]));
                 let v = u64::from_str_radix(hex, 16).map_err(|_| bad())?;
                 if i < b.len() && b[i] == b'U' {
                     i += 1;
@@ -156,10 +142,7 @@ pub fn lex(src: &str) -> Result<Vec<Token>, EmuError> {
             let bad = || EmuError::InvalidPtx(format!("line {line}: bad number {text}"));
             let tok = if is_float {
                 Tok::Float(text.parse().map_err(|_| bad())?)
-            } else if text.len() > 1
-                && text.starts_with('0')
-                && text.bytes().all(|d| (b'0'..=b'7').contains(&d))
-            {
+            } else if text.len() > 1 && text.starts_with('0') && text.bytes().all(|d| (b'0'..=b'7').contains(&d)) {
                 Tok::Int(u64::from_str_radix(&text[1..], 8).map_err(|_| bad())?)
             } else {
                 Tok::Int(text.parse().map_err(|_| bad())?)
@@ -170,10 +153,7 @@ pub fn lex(src: &str) -> Result<Vec<Token>, EmuError> {
             out.push(Token { tok, line });
             continue;
         }
-        out.push(Token {
-            tok: Tok::P(c as char),
-            line,
-        });
+        out.push(Token { tok: Tok::P(c as char), line });
         i += 1;
     }
     Ok(out)
@@ -326,17 +306,10 @@ impl Parser {
         self.t.get(self.i + k).map(|t| &t.tok)
     }
     fn line(&self) -> u32 {
-        self.t
-            .get(self.i)
-            .or(self.t.last())
-            .map(|t| t.line)
-            .unwrap_or(0)
+        self.t.get(self.i).or(self.t.last()).map(|t| t.line).unwrap_or(0)
     }
     fn next(&mut self) -> Result<Tok, EmuError> {
-        let t = self
-            .t
-            .get(self.i)
-            .ok_or_else(|| err(self.line(), "unexpected end of PTX"))?;
+        let t = self.t.get(self.i).ok_or_else(|| err(self.line(), "unexpected end of PTX"))?;
         self.i += 1;
         Ok(t.tok.clone())
     }
@@ -442,9 +415,7 @@ impl Parser {
                 ".address_size" => {
                     let a = self.int()?;
                     if a != 64 {
-                        return Err(EmuError::Unsupported(format!(
-                            "line {l}: .address_size {a} (only 64-bit PTX is supported)"
-                        )));
+                        return Err(EmuError::Unsupported(format!("line {l}: .address_size {a} (only 64-bit PTX is supported)")));
                     }
                 }
                 ".file" | ".loc" => {
@@ -473,9 +444,7 @@ impl Parser {
         let l = self.line();
         let d = self.id()?;
         match d.as_str() {
-            ".visible" | ".extern" | ".weak" | ".common" => {
-                self.decl(m, is_extern || d == ".extern")
-            }
+            ".visible" | ".extern" | ".weak" | ".common" => self.decl(m, is_extern || d == ".extern"),
             ".entry" | ".func" => {
                 let f = self.func(d == ".entry", l)?;
                 m.funcs.push(f);
@@ -496,12 +465,7 @@ impl Parser {
     }
 
     /// After the space directive: `[.align N] [.v2] .type name[dims] [= init] {, name...};`
-    fn var(
-        &mut self,
-        space: DeclSpace,
-        is_extern: bool,
-        line: u32,
-    ) -> Result<Vec<VarDecl>, EmuError> {
+    fn var(&mut self, space: DeclSpace, is_extern: bool, line: u32) -> Result<Vec<VarDecl>, EmuError> {
         let mut align = 0u32;
         let ty;
         let mut vecn = 1u64;
@@ -517,10 +481,7 @@ impl Parser {
                 _ if x.starts_with('.') => {
                     let t = &x[1..];
                     if type_size(t).is_none() {
-                        return Err(err(
-                            l,
-                            format!("unsupported variable type or attribute {x}"),
-                        ));
+                        return Err(err(l, format!("unsupported variable type or attribute {x}")));
                     }
                     ty = t.to_string();
                     break;
@@ -541,16 +502,7 @@ impl Parser {
                 self.init(&mut init)?;
             }
             let ts = type_size(&ty).unwrap_or(1);
-            out.push(VarDecl {
-                space,
-                align: if align == 0 { ts } else { align },
-                ty: ty.clone(),
-                name,
-                elems,
-                init,
-                is_extern,
-                line,
-            });
+            out.push(VarDecl { space, align: if align == 0 { ts } else { align }, ty: ty.clone(), name, elems, init, is_extern, line });
             if self.is_p(',') {
                 self.i += 1;
                 continue;
@@ -636,12 +588,7 @@ impl Parser {
             if !x.starts_with('.') {
                 let elems = self.dims()?;
                 let ts = type_size(&ty).unwrap_or(1);
-                return Ok(ParamDecl {
-                    align: if align == 0 { ts } else { align },
-                    ty,
-                    name: x,
-                    elems,
-                });
+                return Ok(ParamDecl { align: if align == 0 { ts } else { align }, ty, name: x, elems });
             }
             match x.as_str() {
                 ".align" => {
@@ -696,21 +643,8 @@ impl Parser {
             rets = self.param_list()?;
         }
         let name = self.id()?;
-        let params = if self.is_p('(') {
-            self.param_list()?
-        } else {
-            Vec::new()
-        };
-        let mut f = FuncDecl {
-            is_entry,
-            name,
-            rets,
-            params,
-            body: None,
-            maxntid: None,
-            reqntid: None,
-            line,
-        };
+        let params = if self.is_p('(') { self.param_list()? } else { Vec::new() };
+        let mut f = FuncDecl { is_entry, name, rets, params, body: None, maxntid: None, reqntid: None, line };
         loop {
             let l = self.line();
             match self.next()? {
@@ -784,10 +718,7 @@ impl Parser {
                             self.i += 1;
                             let sp = self.id()?;
                             if sp != ".shared" {
-                                return Err(err(
-                                    l,
-                                    format!("unsupported .extern {sp} in a function"),
-                                ));
+                                return Err(err(l, format!("unsupported .extern {sp} in a function")));
                             }
                             for v in self.var(DeclSpace::Shared, true, l)? {
                                 body.push(Stmt::Var(v));
@@ -795,12 +726,7 @@ impl Parser {
                         }
                         ".loc" | ".file" => self.skip_line(),
                         ".pragma" => self.skip_to_semi()?,
-                        _ if s.starts_with('.') => {
-                            return Err(err(
-                                l,
-                                format!("unsupported directive {s} in a function body"),
-                            ))
-                        }
+                        _ if s.starts_with('.') => return Err(err(l, format!("unsupported directive {s} in a function body"))),
                         _ => body.push(Stmt::Inst(self.inst()?)),
                     }
                 }
@@ -873,12 +799,7 @@ impl Parser {
                 let o = self.operand().map_err(|e| {
                     let why = e.to_string();
                     let why = why.split(": ").last().unwrap_or("").to_string();
-                    err(
-                        line,
-                        format!(
-                            "unsupported instruction {opcode}: cannot read its operands ({why})"
-                        ),
-                    )
+                    err(line, format!("unsupported instruction {opcode}: cannot read its operands ({why})"))
                 })?;
                 operands.push(o);
                 if self.is_p(',') {
@@ -889,18 +810,10 @@ impl Parser {
             }
         }
         if !self.is_p(';') {
-            return Err(err(
-                line,
-                format!("{opcode}: expected ';' after the operands"),
-            ));
+            return Err(err(line, format!("{opcode}: expected ';' after the operands")));
         }
         self.i += 1;
-        Ok(RawInst {
-            guard,
-            opcode,
-            operands,
-            line,
-        })
+        Ok(RawInst { guard, opcode, operands, line })
     }
 
     fn operand(&mut self) -> Result<Operand, EmuError> {

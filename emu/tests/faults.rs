@@ -10,42 +10,14 @@ fn out_of_bounds_is_illegal_address() {
     let md = load(&m, "nvrtc_faults.ptx");
     let p = zeros(&m, 1024);
     // in bounds first
-    run(
-        &md,
-        "oob_write",
-        cfg1(1, 32),
-        &Args::new().u64(p).i64(0),
-        &m,
-    );
-    let e = launch(
-        &md,
-        "oob_write",
-        &cfg1(4, 64),
-        &Args::new().u64(p).i64(200).0,
-        &m,
-        &opts(2),
-    )
-    .unwrap_err();
+    run(&md, "oob_write", cfg1(1, 32), &Args::new().u64(p).i64(0), &m);
+    let e = launch(&md, "oob_write", &cfg1(4, 64), &Args::new().u64(p).i64(200).0, &m, &opts(2)).unwrap_err();
     assert!(matches!(e, EmuError::IllegalAddress(_)), "{e}");
     assert_eq!(e.cuda_code(), 700);
-    let e = launch(
-        &md,
-        "oob_write",
-        &cfg1(1, 1),
-        &Args::new().u64(0).i64(0).0,
-        &m,
-        &opts(1),
-    )
-    .unwrap_err();
+    let e = launch(&md, "oob_write", &cfg1(1, 1), &Args::new().u64(0).i64(0).0, &m, &opts(1)).unwrap_err();
     assert_eq!(e.cuda_code(), 700);
     // memory still usable afterwards, a later launch works
-    run(
-        &md,
-        "oob_write",
-        cfg1(1, 32),
-        &Args::new().u64(p).i64(10),
-        &m,
-    );
+    run(&md, "oob_write", cfg1(1, 32), &Args::new().u64(p).i64(10), &m);
 }
 
 #[test]
@@ -53,15 +25,7 @@ fn misaligned_access() {
     let m = mem();
     let md = load(&m, "nvrtc_faults.ptx");
     let p = zeros(&m, 64);
-    let e = launch(
-        &md,
-        "misaligned",
-        &cfg1(1, 1),
-        &Args::new().u64(p).0,
-        &m,
-        &opts(1),
-    )
-    .unwrap_err();
+    let e = launch(&md, "misaligned", &cfg1(1, 1), &Args::new().u64(p).0, &m, &opts(1)).unwrap_err();
     assert!(matches!(e, EmuError::MisalignedAddress(_)), "{e}");
     assert_eq!(e.cuda_code(), 716);
 }
@@ -71,10 +35,7 @@ fn infinite_loop_stopped_by_watchdog() {
     let m = mem();
     let md = load(&m, "nvrtc_faults.ptx");
     let flag = zeros(&m, 4);
-    let o = ExecOptions {
-        worker_threads: 2,
-        watchdog: Duration::from_millis(300),
-    };
+    let o = ExecOptions { worker_threads: 2, watchdog: Duration::from_millis(300) };
     let t = Instant::now();
     let e = launch(&md, "spin", &cfg1(8, 64), &Args::new().u64(flag).0, &m, &o).unwrap_err();
     assert!(matches!(e, EmuError::Timeout(_)), "{e}");
@@ -89,28 +50,12 @@ fn infinite_loop_stopped_by_watchdog() {
 fn trap_and_assert() {
     let m = mem();
     let md = load(&m, "nvrtc_faults.ptx");
-    let e = launch(
-        &md,
-        "trapper",
-        &cfg1(2, 64),
-        &Args::new().i32(40).0,
-        &m,
-        &opts(2),
-    )
-    .unwrap_err();
+    let e = launch(&md, "trapper", &cfg1(2, 64), &Args::new().i32(40).0, &m, &opts(2)).unwrap_err();
     assert!(matches!(e, EmuError::Trap(_)), "{e}");
     assert_eq!(e.cuda_code(), 719);
     run(&md, "trapper", cfg1(2, 64), &Args::new().i32(100), &m);
     run(&md, "asserter", cfg1(1, 32), &Args::new().i32(3), &m);
-    let e = launch(
-        &md,
-        "asserter",
-        &cfg1(1, 32),
-        &Args::new().i32(30).0,
-        &m,
-        &opts(1),
-    )
-    .unwrap_err();
+    let e = launch(&md, "asserter", &cfg1(1, 32), &Args::new().i32(30).0, &m, &opts(1)).unwrap_err();
     assert_eq!(e.cuda_code(), 710, "{e}");
     assert!(e.to_string().contains("v < 10"), "{e}");
 }
@@ -134,10 +79,7 @@ fn unsupported_instruction_refused_at_load() {
     let e = Module::load(UNSUPPORTED.as_bytes(), &m).unwrap_err();
     assert_eq!(e.cuda_code(), 218);
     let s = e.to_string();
-    assert!(
-        s.contains("tex.1d.v4.s32.s32") && s.contains("line 9"),
-        "{s}"
-    );
+    assert!(s.contains("tex.1d.v4.s32.s32") && s.contains("line 9"), "{s}");
     assert_eq!(m.used(), 0);
 }
 
@@ -161,35 +103,14 @@ fn launch_configuration_errors() {
     let a = Args::new().i32(0).f32(0.0).u64(0).u64(0);
     let l = |c: LaunchConfig| launch(&md, "saxpy", &c, &a.0, &m, &opts(1));
     assert_eq!(l(cfg([0, 1, 1], [32, 1, 1], 0)).unwrap_err().cuda_code(), 1);
-    assert_eq!(
-        l(cfg([1, 1, 1], [2048, 1, 1], 0)).unwrap_err().cuda_code(),
-        1
-    );
-    assert_eq!(
-        l(cfg([1, 1, 1], [32, 32, 2], 0)).unwrap_err().cuda_code(),
-        701
-    );
-    assert_eq!(
-        l(cfg([1, 70000, 1], [32, 1, 1], 0))
-            .unwrap_err()
-            .cuda_code(),
-        1
-    );
-    assert_eq!(
-        l(cfg([1, 1, 1], [32, 1, 1], 49 * 1024))
-            .unwrap_err()
-            .cuda_code(),
-        701
-    );
+    assert_eq!(l(cfg([1, 1, 1], [2048, 1, 1], 0)).unwrap_err().cuda_code(), 1);
+    assert_eq!(l(cfg([1, 1, 1], [32, 32, 2], 0)).unwrap_err().cuda_code(), 701);
+    assert_eq!(l(cfg([1, 70000, 1], [32, 1, 1], 0)).unwrap_err().cuda_code(), 1);
+    assert_eq!(l(cfg([1, 1, 1], [32, 1, 1], 49 * 1024)).unwrap_err().cuda_code(), 701);
     md.set_max_dynamic_shared("saxpy", 100 * 1024).unwrap();
     assert!(l(cfg([1, 1, 1], [32, 1, 1], 99 * 1024)).is_ok());
     assert!(launch(&md, "saxpy", &cfg1(1, 1), &[0u8; 8], &m, &opts(1)).is_err());
-    assert_eq!(
-        launch(&md, "nope", &cfg1(1, 1), &a.0, &m, &opts(1))
-            .unwrap_err()
-            .cuda_code(),
-        500
-    );
+    assert_eq!(launch(&md, "nope", &cfg1(1, 1), &a.0, &m, &opts(1)).unwrap_err().cuda_code(), 500);
 }
 
 #[test]
@@ -208,10 +129,7 @@ fn concurrent_launches_share_memory() {
                     launch(&md, "saxpy", &cfg1(16, 256), &a.0, &m, &opts(2)).unwrap();
                 }
                 let y = down_f32(&m, py, n);
-                assert!(y
-                    .iter()
-                    .enumerate()
-                    .all(|(i, &v)| v == 5.0 * (i + t) as f32));
+                assert!(y.iter().enumerate().all(|(i, &v)| v == 5.0 * (i + t) as f32));
             });
         }
     });
@@ -225,8 +143,7 @@ fn every_fixture_loads() {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "ptx") {
-            let md = Module::load(&std::fs::read(&p).unwrap(), &m)
-                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let md = Module::load(&std::fs::read(&p).unwrap(), &m).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             assert!(!md.kernel_names().is_empty());
             md.unload(&m);
             n += 1;

@@ -11,11 +11,7 @@ fn mem() -> Arc<DeviceMemory> {
 }
 
 fn cfg(grid: u32, block: u32) -> LaunchConfig {
-    LaunchConfig {
-        grid: [grid, 1, 1],
-        block: [block, 1, 1],
-        shared_mem_bytes: 0,
-    }
+    LaunchConfig { grid: [grid, 1, 1], block: [block, 1, 1], shared_mem_bytes: 0 }
 }
 
 pub const SAXPY: &str = r#"
@@ -66,9 +62,7 @@ fn f32s(v: &[f32]) -> Vec<u8> {
 fn read_f32(m: &DeviceMemory, p: u64, n: usize) -> Vec<f32> {
     let mut b = vec![0u8; n * 4];
     m.read(p, &mut b).unwrap();
-    b.chunks(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
+    b.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
 }
 
 #[test]
@@ -80,26 +74,10 @@ fn saxpy_params_and_run() {
     assert_eq!(
         k.params,
         vec![
-            ParamInfo {
-                offset: 0,
-                size: 4,
-                align: 4
-            },
-            ParamInfo {
-                offset: 4,
-                size: 4,
-                align: 4
-            },
-            ParamInfo {
-                offset: 8,
-                size: 8,
-                align: 8
-            },
-            ParamInfo {
-                offset: 16,
-                size: 8,
-                align: 8
-            },
+            ParamInfo { offset: 0, size: 4, align: 4 },
+            ParamInfo { offset: 4, size: 4, align: 4 },
+            ParamInfo { offset: 8, size: 8, align: 8 },
+            ParamInfo { offset: 16, size: 8, align: 8 },
         ]
     );
     let n = 1000usize;
@@ -116,10 +94,7 @@ fn saxpy_params_and_run() {
     params.extend_from_slice(&py.to_le_bytes());
     for workers in [1, 2] {
         m.write(py, &f32s(&y)).unwrap();
-        let opts = ExecOptions {
-            worker_threads: workers,
-            ..Default::default()
-        };
+        let opts = ExecOptions { worker_threads: workers, ..Default::default() };
         launch(&module, "saxpy", &cfg(8, 128), &params, &m, &opts).unwrap();
         let out = read_f32(&m, py, n);
         for i in 0..n {

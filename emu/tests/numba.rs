@@ -5,10 +5,7 @@ mod common;
 use common::*;
 
 fn kernel_named(md: &Module, part: &str) -> String {
-    md.kernel_names()
-        .into_iter()
-        .find(|n| n.contains(part))
-        .expect("kernel")
+    md.kernel_names().into_iter().find(|n| n.contains(part)).expect("kernel")
 }
 
 fn array(a: Args, data: u64, shape: &[u64], itemsize: u64) -> Args {
@@ -144,33 +141,15 @@ fn numba_matmul() {
     let mut r = Lcg(11);
     let a: Vec<f32> = (0..mm * kk).map(|_| r.f32()).collect();
     let b: Vec<f32> = (0..kk * nn).map(|_| r.f32()).collect();
-    let (pa, pb, pc) = (
-        up_f32(&m, &a),
-        up_f32(&m, &b),
-        zeros(&m, (4 * mm * nn) as u64),
-    );
-    let args = array(
-        array(
-            array(Args::new(), pa, &[mm as u64, kk as u64], 4),
-            pb,
-            &[kk as u64, nn as u64],
-            4,
-        ),
-        pc,
-        &[mm as u64, nn as u64],
-        4,
-    );
+    let (pa, pb, pc) = (up_f32(&m, &a), up_f32(&m, &b), zeros(&m, (4 * mm * nn) as u64));
+    let args =
+        array(array(array(Args::new(), pa, &[mm as u64, kk as u64], 4), pb, &[kk as u64, nn as u64], 4), pc, &[mm as u64, nn as u64], 4);
     run(&md, &k, cfg([3, 3, 1], [16, 16, 1], 0), &args, &m);
     let c = down_f32(&m, pc, mm * nn);
     for i in 0..mm {
         for j in 0..nn {
-            let want: f64 = (0..kk)
-                .map(|t| a[i * kk + t] as f64 * b[t * nn + j] as f64)
-                .sum();
-            assert!(
-                (c[i * nn + j] as f64 - want).abs() < 1e-3 * want.abs().max(1.0),
-                "{i},{j}"
-            );
+            let want: f64 = (0..kk).map(|t| a[i * kk + t] as f64 * b[t * nn + j] as f64).sum();
+            assert!((c[i * nn + j] as f64 - want).abs() < 1e-3 * want.abs().max(1.0), "{i},{j}");
         }
     }
 }

@@ -100,30 +100,17 @@ pub fn down_u64(m: &DeviceMemory, p: u64, n: usize) -> Vec<u64> {
 }
 
 pub fn cfg(grid: [u32; 3], block: [u32; 3], shared: u32) -> LaunchConfig {
-    LaunchConfig {
-        grid,
-        block,
-        shared_mem_bytes: shared,
-    }
+    LaunchConfig { grid, block, shared_mem_bytes: shared }
 }
 pub fn cfg1(grid: u32, block: u32) -> LaunchConfig {
     cfg([grid, 1, 1], [block, 1, 1], 0)
 }
 
 pub fn opts(workers: usize) -> ExecOptions {
-    ExecOptions {
-        worker_threads: workers,
-        ..Default::default()
-    }
+    ExecOptions { worker_threads: workers, ..Default::default() }
 }
 
-pub fn run(
-    module: &Module,
-    k: &str,
-    c: LaunchConfig,
-    a: &Args,
-    m: &Arc<DeviceMemory>,
-) -> LaunchOutput {
+pub fn run(module: &Module, k: &str, c: LaunchConfig, a: &Args, m: &Arc<DeviceMemory>) -> LaunchOutput {
     launch(module, k, &c, &a.0, m, &opts(2)).unwrap_or_else(|e| panic!("{k}: {e}"))
 }
 
@@ -150,10 +137,7 @@ pub fn ulps(a: f32, b: f32) -> u32 {
 pub struct Lcg(pub u64);
 impl Lcg {
     pub fn next(&mut self) -> u32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (self.0 >> 33) as u32
     }
     pub fn f32(&mut self) -> f32 {
