@@ -336,7 +336,7 @@ fn threadfence_last_block_reduction() {
     let x: Vec<f32> = (0..n).map(|i| (i % 10) as f32).collect();
     let (px, pp, pr) = (up_f32(&m, &x), zeros(&m, 4 * 40), zeros(&m, 4));
     for _ in 0..2 {
-        run(&md, "last_block_sum", cfg1(40, 128), &Args::new().u64(px).u64(pp).u64(pr).i32(n as i32), &m);
+        run(&md, "last_block_sum", cfg1(40, 128), &Args::new().u64(px).u64(pp).u64(pr).i32(n), &m);
         assert_eq!(down_f32(&m, pr, 1)[0], x.iter().sum::<f32>());
     }
 }
