@@ -32,10 +32,7 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The repository root (the workspace this crate belongs to).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("e2e/ has a parent")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("e2e/ has a parent").to_path_buf()
 }
 
 /// `e2e/clients/`.
@@ -59,10 +56,7 @@ pub fn profile_dir() -> PathBuf {
 pub fn built(name: &str) -> PathBuf {
     let path = profile_dir().join(name);
     if !path.exists() {
-        panic!(
-            "{} is missing: run `cargo build --workspace` (same profile as the tests) first",
-            path.display()
-        );
+        panic!("{} is missing: run `cargo build --workspace` (same profile as the tests) first", path.display());
     }
     path
 }
@@ -84,10 +78,7 @@ fn process_dir(kind: &str) -> PathBuf {
     let prefix = format!("{kind}-");
     for entry in fs::read_dir(&base).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(&prefix)
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
+        let Some(pid) = name.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else {
             continue;
         };
         if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
@@ -103,8 +94,7 @@ fn process_dir(kind: &str) -> PathBuf {
 fn symlink_force(target: &Path, link: &Path) {
     let tmp = link.with_extension(format!("tmp{}", std::process::id()));
     let _ = fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(target, &tmp)
-        .unwrap_or_else(|e| panic!("symlink {}: {e}", tmp.display()));
+    std::os::unix::fs::symlink(target, &tmp).unwrap_or_else(|e| panic!("symlink {}: {e}", tmp.display()));
     fs::rename(&tmp, link).unwrap_or_else(|e| panic!("rename to {}: {e}", link.display()));
 }
 
@@ -163,10 +153,7 @@ impl Server {
     /// (at most 20 s) for `<tmp>/certs/env`, which cuwired writes once listening.
     pub fn start(args: &[&str]) -> Server {
         let exe = cuwired_path();
-        let tmp = tempfile::Builder::new()
-            .prefix("cuwire-e2e-")
-            .tempdir()
-            .expect("tempdir");
+        let tmp = tempfile::Builder::new().prefix("cuwire-e2e-").tempdir().expect("tempdir");
         let certs = tmp.path().join("certs");
         let log_path = tmp.path().join("cuwired.log");
         let log = fs::File::create(&log_path).expect("creating the server log");
@@ -178,19 +165,8 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log);
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info");
-        }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", exe.display()));
-        let mut server = Server {
-            child: Mutex::new(child),
-            tmp,
-            certs,
-            log_path,
-            env: HashMap::new(),
-        };
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {}: {e}", exe.display()));
+        let mut server = Server { child: Mutex::new(child), tmp, certs, log_path, env: HashMap::new() };
         let env_file = server.certs.join("env");
         let deadline = Instant::now() + SERVER_START_TIMEOUT;
         loop {
@@ -231,8 +207,7 @@ impl Server {
     /// `CUWIRE_SERVER` as an address.
     pub fn addr(&self) -> SocketAddr {
         let s = &self.env["CUWIRE_SERVER"];
-        s.parse()
-            .unwrap_or_else(|e| panic!("CUWIRE_SERVER={s:?} is not an address: {e}"))
+        s.parse().unwrap_or_else(|e| panic!("CUWIRE_SERVER={s:?} is not an address: {e}"))
     }
 
     /// The `--dev` certificate directory.
@@ -271,9 +246,7 @@ impl Drop for Server {
 
 fn fail_or_skip(what: &str) -> bool {
     if std::env::var("CUWIRE_REQUIRE_CLIENTS").is_ok_and(|v| v == "1") {
-        panic!(
-            "{what}; run scripts/setup-test-deps.sh (CUWIRE_REQUIRE_CLIENTS=1 makes this an error)"
-        );
+        panic!("{what}; run scripts/setup-test-deps.sh (CUWIRE_REQUIRE_CLIENTS=1 makes this an error)");
     }
     eprintln!("SKIPPED: {what}; run scripts/setup-test-deps.sh to enable this test");
     false
@@ -299,17 +272,12 @@ pub fn cuda_include() -> Option<PathBuf> {
         let dir = PathBuf::from(dir);
         return dir.join("cuda.h").is_file().then_some(dir);
     }
-    venv_site_packages()
-        .into_iter()
-        .map(|sp| sp.join("nvidia/cuda_runtime/include"))
-        .find(|dir| dir.join("cuda.h").is_file())
+    venv_site_packages().into_iter().map(|sp| sp.join("nvidia/cuda_runtime/include")).find(|dir| dir.join("cuda.h").is_file())
 }
 
 /// The Python with `cuda-bindings`: `CUWIRE_PYTHON`, or `<repo>/.venv/bin/python`.
 pub fn python() -> Option<PathBuf> {
-    let path = std::env::var_os("CUWIRE_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".venv/bin/python"));
+    let path = std::env::var_os("CUWIRE_PYTHON").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".venv/bin/python"));
     path.exists().then_some(path)
 }
 
@@ -319,11 +287,7 @@ pub fn c_clients_available() -> bool {
     if cuda_include().is_none() {
         return fail_or_skip("cuda.h not found (CUWIRE_CUDA_INCLUDE or .venv)");
     }
-    let cc = Command::new("cc")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    let cc = Command::new("cc").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
     if !cc.is_ok_and(|s| s.success()) {
         return fail_or_skip("no C compiler `cc` on PATH");
     }
@@ -342,10 +306,7 @@ pub fn python_clients_available() -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        return fail_or_skip(&format!(
-            "{} cannot import cuda.bindings.driver",
-            py.display()
-        ));
+        return fail_or_skip(&format!("{} cannot import cuda.bindings.driver", py.display()));
     }
     true
 }
@@ -365,26 +326,14 @@ impl Client {
         if let Some(exe) = cache.get(source) {
             return exe.clone();
         }
-        let include = cuda_include().expect(
-            "cuda.h not found: call c_clients_available() first, or run scripts/setup-test-deps.sh",
-        );
+        let include = cuda_include().expect("cuda.h not found: call c_clients_available() first, or run scripts/setup-test-deps.sh");
         let src = clients_dir().join(source);
         assert!(src.is_file(), "{} does not exist", src.display());
         let out_dir = process_dir("clients");
-        let stem = Path::new(source)
-            .file_stem()
-            .expect("source has a name")
-            .to_string_lossy()
-            .into_owned();
+        let stem = Path::new(source).file_stem().expect("source has a name").to_string_lossy().into_owned();
         let exe = out_dir.join(stem);
         let output = Command::new("cc")
-            .args([
-                "-O1",
-                "-g",
-                "-Wall",
-                "-Wextra",
-                "-Wno-deprecated-declarations",
-            ])
+            .args(["-O1", "-g", "-Wall", "-Wextra", "-Wno-deprecated-declarations"])
             .arg(format!("-I{}", include.display()))
             .arg("-o")
             .arg(&exe)
@@ -443,11 +392,7 @@ impl ClientOutput {
 
 impl fmt::Display for ClientOutput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "exit: {} after {:.2?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.status, self.elapsed, self.stdout, self.stderr
-        )
+        write!(f, "exit: {} after {:.2?}\n--- stdout ---\n{}\n--- stderr ---\n{}", self.status, self.elapsed, self.stdout, self.stderr)
     }
 }
 
@@ -455,11 +400,7 @@ impl fmt::Display for ClientOutput {
 /// settings of `server_env`; `extra_env` entries override (`Some`) or remove
 /// (`None`) variables afterwards. Killed (and the test failed) after
 /// [`CLIENT_TIMEOUT`].
-pub fn run_client(
-    cmd: Command,
-    server_env: &HashMap<String, String>,
-    extra_env: &[(&str, Option<&str>)],
-) -> ClientOutput {
+pub fn run_client(cmd: Command, server_env: &HashMap<String, String>, extra_env: &[(&str, Option<&str>)]) -> ClientOutput {
     run_client_timeout(cmd, server_env, extra_env, CLIENT_TIMEOUT)
 }
 
@@ -471,14 +412,7 @@ pub fn run_client_timeout(
     timeout: Duration,
 ) -> ClientOutput {
     // Nothing from the test's own environment decides where the client goes.
-    for key in [
-        "CUWIRE_SERVER",
-        "CUWIRE_SERVER_NAME",
-        "CUWIRE_CA",
-        "CUWIRE_CERT",
-        "CUWIRE_KEY",
-        "LD_PRELOAD",
-    ] {
+    for key in ["CUWIRE_SERVER", "CUWIRE_SERVER_NAME", "CUWIRE_CA", "CUWIRE_CERT", "CUWIRE_KEY", "LD_PRELOAD"] {
         cmd.env_remove(key);
     }
     cmd.env("LD_LIBRARY_PATH", shim_dir());
@@ -493,14 +427,10 @@ pub fn run_client_timeout(
             None => cmd.env_remove(k),
         };
     }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let description = format!("{cmd:?}");
     let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {description}: {e}"));
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("starting {description}: {e}"));
     let mut out = child.stdout.take().expect("piped stdout");
     let mut err = child.stderr.take().expect("piped stderr");
     let out_reader = thread::spawn(move || {
@@ -530,12 +460,7 @@ pub fn run_client_timeout(
         }
     };
     let elapsed = start.elapsed();
-    ClientOutput {
-        status,
-        stdout: out_reader.join().unwrap_or_default(),
-        stderr: err_reader.join().unwrap_or_default(),
-        elapsed,
-    }
+    ClientOutput { status, stdout: out_reader.join().unwrap_or_default(), stderr: err_reader.join().unwrap_or_default(), elapsed }
 }
 
 #[cfg(test)]
