@@ -17,6 +17,8 @@ pub const LOCAL_WIN: u64 = 0x2000_0000_0000;
 pub const PARAM_WIN: u64 = 0x3000_0000_0000;
 pub const WIN_SIZE: u64 = 1 << 32;
 pub const NOREG: u32 = u32::MAX;
+/// Register index holding the carry flag of add.cc/addc/sub.cc/subc/mad.cc/madc.
+pub const CC_REG: u32 = 1;
 const MAX_CODE: usize = 4_000_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,6 +204,18 @@ pub enum Op {
         d: u32,
         p: u32,
         a: Src,
+    },
+    /// Extended-precision arithmetic through the carry flag (register `CC_REG`):
+    /// kind 0 add, 1 addc, 2 sub, 3 subc, 4 mad.lo, 5 mad.hi, 6 madc.lo, 7 madc.hi.
+    Carry {
+        kind: u8,
+        d: u32,
+        a: Src,
+        b: Src,
+        c: Src,
+        w64: bool,
+        signed: bool,
+        set_cc: bool,
     },
     Redux {
         d: u32,
@@ -489,7 +503,7 @@ pub fn decode_kernel(m: &PtxModule, k: &FuncDecl, globals: &HashMap<String, Glob
         funcs: m.funcs.iter().filter(|f| f.body.is_some()).map(|f| (f.name.as_str(), f)).collect(),
         globals,
         code: Vec::new(),
-        nregs: 1,
+        nregs: 2, // 0: scratch for `_` destinations, 1: the carry flag CC.CF
         npreds: 0,
         local_top: 0,
         module_shared,
@@ -840,6 +854,8 @@ impl<'a> Dec<'a> {
                 };
                 Op::Setp { p, q: NOREG, a, b: Src::I(0), f, comb: None }
             }
+            "addc" | "subc" | "madc" => return self.carry(fr, ri, &md, guard),
+            "add" | "sub" | "mad" if md.has("cc") => return self.carry(fr, ri, &md, guard),
             "add" | "sub" | "mul" | "div" | "rem" | "min" | "max" | "and" | "or" | "xor" | "shl" | "shr" | "copysign" | "mul24" => {
                 nops(3)?;
                 if md.has("cc") || md.has("relu") {
@@ -1166,6 +1182,45 @@ impl<'a> Dec<'a> {
             }
             "call" => return self.call(fr, ri, guard),
             _ => return Err(unsup()),
+        };
+        self.emit(op, guard, line)?;
+        Ok(())
+    }
+
+    fn carry(&mut self, fr: &mut Frame, ri: &RawInst, md: &Mods, guard: PSrc) -> Result<(), EmuError> {
+        let line = ri.line;
+        let name = ri.opcode.as_str();
+        let ops = &ri.operands;
+        let ty = md.ty().unwrap_or("u32");
+        if !matches!(ty, "u32" | "s32" | "u64" | "s64" | "b32" | "b64") {
+            return Err(perr(line, format!("unsupported instruction {name}")));
+        }
+        let hi = md.has("hi");
+        let kind = match md.base {
+            "add" => 0,
+            "addc" => 1,
+            "sub" => 2,
+            "subc" => 3,
+            "mad" => 4 + hi as u8,
+            _ => 6 + hi as u8,
+        };
+        let need = if kind >= 4 { 4 } else { 3 };
+        if ops.len() < need {
+            return Err(perr(line, format!("{name}: expected {need} operands")));
+        }
+        let d = self.reg(fr, &ops[0], line, name)?;
+        let a = self.src(fr, &ops[1], ty, line, name)?;
+        let b = self.src(fr, &ops[2], ty, line, name)?;
+        let c = if kind >= 4 { self.src(fr, &ops[3], ty, line, name)? } else { Src::I(0) };
+        let op = Op::Carry {
+            kind,
+            d,
+            a,
+            b,
+            c,
+            w64: ty.ends_with("64"),
+            signed: ty.starts_with('s'),
+            set_cc: md.has("cc") || matches!(md.base, "add" | "sub" | "mad"),
         };
         self.emit(op, guard, line)?;
         Ok(())

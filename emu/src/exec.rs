@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::decode::{Addr, BoolOp, Op, PSrc, Program, Space, Src, Sreg, LOCAL_WIN, NOREG, PARAM_WIN, SHARED_WIN, WIN_SIZE};
+use crate::decode::{Addr, BoolOp, Op, PSrc, Program, Space, Src, Sreg, CC_REG, LOCAL_WIN, NOREG, PARAM_WIN, SHARED_WIN, WIN_SIZE};
 use crate::error::EmuError;
 use crate::memory::{Allocation, DeviceMemory};
 use crate::module::Module;
@@ -1055,6 +1055,43 @@ fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
                     let o = &mut w.preds[p as usize];
                     *o = (*o & !mask) | if allsame { mask } else { 0 };
                 }
+            }
+            Op::Carry { kind, d, a, b, c, w64, signed, set_cc } => {
+                let bits = if w64 { 64 } else { 32 };
+                let m: u128 = if w64 { u64::MAX as u128 } else { 0xffff_ffff };
+                each_lane!(mask, l, {
+                    let cf = (w.regs[CC_REG as usize * 32 + l] & 1) as u128;
+                    let (x, y, z) = (v!(a, l) as u128 & m, v!(b, l) as u128 & m, v!(c, l) as u128 & m);
+                    let prod = |x: u128, y: u128| -> u128 {
+                        if signed {
+                            let sx = ((x << (128 - bits)) as i128) >> (128 - bits);
+                            let sy = ((y << (128 - bits)) as i128) >> (128 - bits);
+                            sx.wrapping_mul(sy) as u128
+                        } else {
+                            x * y
+                        }
+                    };
+                    let (r, co) = match kind {
+                        0 | 1 => {
+                            let s = x + y + if kind == 1 { cf } else { 0 };
+                            (s & m, (s >> bits) & 1)
+                        }
+                        2 | 3 => {
+                            let sub = y + if kind == 3 { cf } else { 0 };
+                            (x.wrapping_sub(sub) & m, (x < sub) as u128)
+                        }
+                        _ => {
+                            let p = prod(x, y);
+                            let part = if kind & 1 == 1 { (p >> bits) & m } else { p & m };
+                            let s = part + z + if kind >= 6 { cf } else { 0 };
+                            (s & m, (s >> bits) & 1)
+                        }
+                    };
+                    w.regs[d as usize * 32 + l] = r as u64;
+                    if set_cc {
+                        w.regs[CC_REG as usize * 32 + l] = co as u64;
+                    }
+                })
             }
             Op::Redux { d, a, f } => {
                 let mut acc: Option<u64> = None;

@@ -153,3 +153,98 @@ fn numba_matmul() {
         }
     }
 }
+
+fn up_f64(m: &DeviceMemory, v: &[f64]) -> u64 {
+    upload(m, v, |x| x.to_le_bytes().to_vec())
+}
+
+#[test]
+fn numba_libdevice_math_f32() {
+    let m = mem();
+    let md = load(&m, "numba_math32.ptx");
+    let k = kernel_named(&md, "math32");
+    let n = 300usize;
+    let x: Vec<f32> = (0..n).map(|i| i as f32 * 0.0731 - 11.0).collect();
+    let (px, po) = (up_f32(&m, &x), zeros(&m, (32 * n) as u64));
+    let args = array(array(Args::new(), px, &[n as u64], 4), po, &[n as u64, 8], 4);
+    run(&md, &k, cfg1(3, 128), &args, &m);
+    let o = down_f32(&m, po, 8 * n);
+    for i in 0..n {
+        let v = x[i] as f64;
+        let want = [
+            v.sin(),
+            (x[i] * 0.1) as f64,
+            (x[i].abs() + 1.0) as f64,
+            (v.abs()).powf(1.5),
+            v.tanh(),
+            0.0,
+            v.atan2(2.0),
+            v.floor() + ((x[i] * 0.5) as f64).ceil(),
+        ];
+        let checks = [
+            (o[i * 8], want[0] as f32, 2),
+            (o[i * 8 + 1], want[1].exp() as f32, 2),
+            (o[i * 8 + 2], want[2].ln() as f32, 2),
+            (o[i * 8 + 3], want[3] as f32, 4),
+            (o[i * 8 + 4], want[4] as f32, 2),
+            (o[i * 8 + 6], want[6] as f32, 3),
+            (o[i * 8 + 7], want[7] as f32, 0),
+        ];
+        for (j, (got, w, u)) in checks.iter().enumerate() {
+            assert!(ulps(*got, *w) <= *u, "x={} fn#{j}: {got} vs {w}", x[i]);
+        }
+        // erf(0.2x): compare with a series-free bound: odd, monotone, |erf| < 1
+        let e = o[i * 8 + 5];
+        assert!(e.abs() < 1.0 && (e >= 0.0) == (x[i] >= 0.0));
+    }
+}
+
+#[test]
+fn numba_libdevice_math_f64() {
+    let m = mem();
+    let md = load(&m, "numba_math64.ptx");
+    let k = kernel_named(&md, "math64");
+    let n = 200usize;
+    let x: Vec<f64> = (0..n).map(|i| i as f64 * 0.0917 - 9.0).collect();
+    let (px, po) = (up_f64(&m, &x), zeros(&m, (40 * n) as u64));
+    let args = array(array(Args::new(), px, &[n as u64], 8), po, &[n as u64, 5], 8);
+    run(&md, &k, cfg1(2, 128), &args, &m);
+    let o = down_f64(&m, po, 5 * n);
+    for i in 0..n {
+        let v = x[i];
+        let want = [v.sin(), (v * 0.1).exp(), (v.abs() + 1.0).ln(), v.abs().sqrt() / (v * v + 1.0), v.cos() * v.tanh()];
+        for j in 0..5 {
+            let (g, w) = (o[i * 5 + j], want[j]);
+            assert!((g - w).abs() <= 4.0 * f64::EPSILON * w.abs().max(1e-300), "x={v} fn#{j}: {g} vs {w}");
+        }
+    }
+}
+
+#[test]
+fn numba_int64_ops() {
+    let m = mem();
+    let md = load(&m, "numba_int64.ptx");
+    let k = kernel_named(&md, "int64");
+    let n = 256usize;
+    let a: Vec<i64> = (0..n as i64).map(|i| (i - 128) * 0x1234_5678_9abc + i * 7).collect();
+    let pa = upload(&m, &a, |x| x.to_le_bytes().to_vec());
+    let po = zeros(&m, (40 * n) as u64);
+    let args = array(array(Args::new(), pa, &[n as u64], 8), po, &[n as u64, 5], 8);
+    run(&md, &k, cfg1(2, 128), &args, &m);
+    let o = down(&m, po, 5 * n, 8, |c| i64::from_le_bytes(c.try_into().unwrap()));
+    for i in 0..n {
+        let v = a[i];
+        // Python semantics: floor division and modulo
+        let floordiv = ((v * 3) as f64 / 7.0).floor() as i64;
+        let want = [
+            floordiv,
+            v.rem_euclid(1000003),
+            (v >> 5) ^ (v << 3),
+            v.count_ones() as i64 + v.leading_zeros() as i64,
+            v.max(-v) - v.min(12345),
+        ];
+        for j in 0..5 {
+            assert_eq!(o[i * 5 + j], want[j], "op#{j} of {v}");
+        }
+    }
+}

@@ -340,3 +340,27 @@ fn threadfence_last_block_reduction() {
         assert_eq!(down_f32(&m, pr, 1)[0], x.iter().sum::<f32>());
     }
 }
+
+#[test]
+fn half_and_bfloat16() {
+    use half::{bf16, f16};
+    let m = mem();
+    let md = load(&m, "nvrtc_half.ptx");
+    let n = 100usize;
+    let a: Vec<f32> = (0..n).map(|i| i as f32 * 0.37 - 15.0).collect();
+    let b: Vec<f32> = (0..n).map(|i| 3.0 - i as f32 * 0.11).collect();
+    let (pa, pb, po) = (up_f32(&m, &a), up_f32(&m, &b), zeros(&m, 16 * n as u64));
+    run(&md, "half_ops", cfg1(1, 128), &Args::new().u64(pa).u64(pb).u64(po).i32(n as i32), &m);
+    let o = down_f32(&m, po, 4 * n);
+    for i in 0..n {
+        let (ha, hb) = (f16::from_f32(a[i]), f16::from_f32(b[i]));
+        let r0 = f16::from_f32((ha * hb).to_f32() + ha.to_f32());
+        assert_eq!(o[i * 4], r0.to_f32(), "f16 {i}");
+        let (ba, bb) = (bf16::from_f32(a[i]), bf16::from_f32(b[i]));
+        let r1 = bf16::from_f64(ba.to_f64().mul_add(bb.to_f64(), ba.to_f64()));
+        assert_eq!(o[i * 4 + 1], r1.to_f32(), "bf16 {i}");
+        // cvt.rn.f16x2.f32 d, a, b puts a in the upper half
+        assert_eq!(o[i * 4 + 2], (hb * hb).to_f32(), "f16x2 lo {i}");
+        assert_eq!(o[i * 4 + 3], (ha * ha).to_f32(), "f16x2 hi {i}");
+    }
+}
