@@ -2,7 +2,8 @@
 //!
 //! - [`auto`]: exports generated from the protocol's one table of forwarded calls;
 //! - [`manual`]: exports written by hand (buffers, handles minted here, caches, local answers);
-//! - [`proc_address`]: `cuGetProcAddress` over every export, and `cuGetExportTable`;
+//! - [`proc_address`]: `cuGetProcAddress` over every export, and `cuGetExportTable`, which
+//!   [`export_tables`] answers;
 //! - the rest of the driver API is exported by generated stubs (see `build.rs`) that return
 //!   `CUDA_ERROR_NOT_SUPPORTED` and name themselves once on stderr;
 //! - [`client`], [`context`], [`lane`], [`transport`]: the process's connection and state.
@@ -16,6 +17,7 @@ pub mod auto;
 pub mod client;
 pub mod config;
 pub mod context;
+pub mod export_tables;
 pub mod ffi;
 pub mod lane;
 pub mod manual;

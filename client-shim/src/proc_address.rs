@@ -159,18 +159,8 @@ export! {
 }
 
 export! {
-    /// The undocumented tables of libcudart are not provided yet: runtime-API programs are not
-    /// supported (driver-API programs, cuda-python and numba are).
+    /// The undocumented tables libcudart asks for by UUID: see [`crate::export_tables`].
     fn cuGetExportTable(table: *mut *const c_void, id: *const [u8; 16]) {
-        if table.is_null() || id.is_null() {
-            return Err(CuError::INVALID_VALUE);
-        }
-        // SAFETY: CUuuid* argument (16 bytes).
-        let id = unsafe { *id };
-        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
-        crate::not_supported_detail("cuGetExportTable", &hex);
-        // SAFETY: const void** out-parameter.
-        unsafe { ffi::write(table, std::ptr::null())? };
-        Err(CuError::NOT_SUPPORTED)
+        crate::export_tables::get_export_table(table, id)
     }
 }
