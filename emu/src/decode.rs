@@ -19,7 +19,10 @@ pub const WIN_SIZE: u64 = 1 << 32;
 pub const NOREG: u32 = u32::MAX;
 /// Register index holding the carry flag of add.cc/addc/sub.cc/subc/mad.cc/madc.
 pub const CC_REG: u32 = 1;
-const MAX_CODE: usize = 4_000_000;
+const MAX_CODE: usize = 1_000_000;
+/// Limits that keep a hostile module from making the server allocate without bound.
+pub const MAX_REGS: u32 = 16_384;
+pub const MAX_LOCAL_BYTES: u32 = 512 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sreg {
@@ -299,6 +302,9 @@ struct Dec<'a> {
     dyn_off: u32,
     scratch: u32,
     stack: Vec<String>,
+    max_regs: u32,
+    max_preds: u32,
+    max_local: u32,
 }
 
 struct Frame {
@@ -353,7 +359,7 @@ fn special(name: &str) -> Option<Sreg> {
 
 fn align_up(v: u32, a: u32) -> u32 {
     let a = a.max(1);
-    v.div_ceil(a) * a
+    v.div_ceil(a).saturating_mul(a)
 }
 
 fn call_target(ri: &RawInst) -> Option<&str> {
@@ -469,7 +475,7 @@ pub fn decode_kernel(m: &PtxModule, k: &FuncDecl, globals: &HashMap<String, Glob
             } else {
                 top = align_up(top, v.align);
                 module_shared.insert(v.name.clone(), top);
-                top += v.size() as u32;
+                top = top.saturating_add(v.size().min(u32::MAX as u64) as u32);
             }
         }
     }
@@ -485,7 +491,7 @@ pub fn decode_kernel(m: &PtxModule, k: &FuncDecl, globals: &HashMap<String, Glob
                     } else {
                         top = align_up(top, v.align);
                         func_shared.insert((f.name.clone(), v.name.clone()), top);
-                        top += v.size() as u32;
+                        top = top.saturating_add(v.size().min(u32::MAX as u64) as u32);
                     }
                 }
             }
@@ -511,24 +517,35 @@ pub fn decode_kernel(m: &PtxModule, k: &FuncDecl, globals: &HashMap<String, Glob
         dyn_off,
         scratch: 0,
         stack: vec![k.name.clone()],
+        max_regs: 0,
+        max_preds: 0,
+        max_local: 0,
     };
     let mut bind = HashMap::new();
     let mut off = 0u32;
     for p in &k.params {
         off = align_up(off, p.align);
         bind.insert(p.name.clone(), Sym::KParam(off));
-        off += p.size();
+        off = off.saturating_add(p.size());
     }
     d.func(k, bind, true)?;
+    let regs = d.nregs.max(d.max_regs);
+    if regs > MAX_REGS || d.npreds.max(d.max_preds) > MAX_REGS {
+        return Err(perr(k.line, format!("kernel {} uses {regs} registers, more than the {MAX_REGS} supported", k.name)));
+    }
+    let local = d.local_top.max(d.max_local);
+    if local > MAX_LOCAL_BYTES {
+        return Err(perr(k.line, format!("kernel {} needs {local} bytes of local memory per thread, more than {MAX_LOCAL_BYTES}", k.name)));
+    }
     d.code.push(Ins { op: Op::Exit, guard: PSrc::I(true), line: k.line });
     Ok(Program {
         name: k.name.clone(),
         code: d.code,
-        nregs: d.nregs,
-        npreds: d.npreds.max(1),
+        nregs: d.nregs.max(d.max_regs),
+        npreds: d.npreds.max(d.max_preds).max(1),
         static_shared,
         dyn_shared_offset: dyn_off,
-        local_bytes: align_up(d.local_top, 16),
+        local_bytes: align_up(d.local_top.max(d.max_local), 16),
         param_bytes: off,
     })
 }
@@ -540,7 +557,7 @@ fn tyname_bits(t: &str) -> u8 {
 impl<'a> Dec<'a> {
     fn frame_alloc(&mut self, size: u32, align: u32) -> u32 {
         let o = align_up(self.local_top, align.max(1));
-        self.local_top = o + size.max(1);
+        self.local_top = o.saturating_add(size.max(1));
         o
     }
 
@@ -565,12 +582,15 @@ impl<'a> Dec<'a> {
                             self.nregs += 1;
                             Sym::Reg(self.nregs - 1, tyname_bits(ty))
                         };
+                        if self.nregs > MAX_REGS || self.npreds > MAX_REGS {
+                            return Err(perr(f.line, format!("{} declares more than {MAX_REGS} registers", f.name)));
+                        }
                         fr.scopes.last_mut().unwrap().insert(n.clone(), sym);
                     }
                 }
                 Stmt::Var(v) => {
                     let sym = match v.space {
-                        DeclSpace::Local | DeclSpace::Param => Sym::Frame(self.frame_alloc(v.size() as u32, v.align)),
+                        DeclSpace::Local | DeclSpace::Param => Sym::Frame(self.frame_alloc(v.size().min(u32::MAX as u64) as u32, v.align)),
                         DeclSpace::Shared => Sym::Shared(*self.func_shared.get(&(f.name.clone(), v.name.clone())).unwrap_or(&self.dyn_off)),
                         _ => return Err(perr(v.line, format!("function-scope .global/.const variable {} is not supported", v.name))),
                     };
@@ -1335,9 +1355,15 @@ impl<'a> Dec<'a> {
             };
             bind.insert(p.name.clone(), Sym::Frame(off));
         }
+        // the callee's registers and locals are dead after it returns: later calls reuse them
+        let (r0, p0, l0) = (self.nregs, self.npreds, self.local_top);
         self.stack.push(fname.clone());
         self.func(f, bind, false)?;
         self.stack.pop();
+        self.max_regs = self.max_regs.max(self.nregs);
+        self.max_preds = self.max_preds.max(self.npreds);
+        self.max_local = self.max_local.max(self.local_top);
+        (self.nregs, self.npreds, self.local_top) = (r0, p0, l0);
         for (r, o, size) in post {
             self.emit(
                 Op::Ld {

@@ -17,6 +17,8 @@ use crate::ops;
 pub const MAX_SHARED_DEFAULT: u32 = 48 * 1024;
 /// Shared memory per CTA with the opt-in attribute (compute capability 8.0).
 pub const MAX_SHARED_OPTIN: u32 = 163 * 1024;
+/// Register and local-memory state one CTA may need in the interpreter.
+pub const MAX_CTA_STATE_BYTES: u64 = 256 << 20;
 /// Number of "SMs" the device reports through `%nsmid`.
 pub const NUM_SMS: u32 = 108;
 
@@ -120,6 +122,16 @@ fn validate(module: &Module, kernel: &str, cfg: &LaunchConfig, params: &[u8]) ->
     if stat + dynb > limit.max(stat.min(MAX_SHARED_DEFAULT as u64)) || stat + dynb > MAX_SHARED_OPTIN as u64 {
         return Err(EmuError::OutOfResources(format!(
             "{stat} bytes static + {dynb} bytes dynamic shared memory exceed the limit of {limit}"
+        )));
+    }
+    // the interpreter keeps every thread's registers and local memory: bound what one
+    // worker may have to allocate for a CTA
+    let per_thread = k.prog.nregs as u64 * 8 + k.prog.local_bytes as u64;
+    let cta_bytes = per_thread * threads.div_ceil(32) * 32;
+    if cta_bytes > MAX_CTA_STATE_BYTES {
+        return Err(EmuError::OutOfResources(format!(
+            "{threads} threads x {per_thread} bytes of registers and local memory exceed the emulator's {} MiB per block",
+            MAX_CTA_STATE_BYTES >> 20
         )));
     }
     let need = k.info.param_bytes() as usize;
@@ -387,7 +399,19 @@ fn run_cta(ctx: &Ctx, cta: &mut Cta) -> Result<(), EmuError> {
         let lanes = (n - w.id * 32).min(32);
         w.reset(lanes);
     }
+    let mut rounds = 0u32;
     loop {
+        // a loop around bar.sync returns to here often without a warp running long:
+        // the watchdog and the abort flag are checked here too
+        rounds = rounds.wrapping_add(1);
+        if rounds & 63 == 0 {
+            if ctx.abort.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            if Instant::now() > ctx.deadline {
+                return Err(EmuError::Timeout(format!("kernel {} ran longer than {:?}", ctx.prog.name, ctx.watchdog)));
+            }
+        }
         let mut any_run = false;
         for wi in 0..cta.warps.len() {
             if cta.warps[wi].state == WState::Run {
@@ -486,20 +510,20 @@ impl Mem<'_, '_> {
         };
         Ok(match sp {
             Space::Shared => {
-                if addr + size > self.shared.len() as u64 {
+                if addr.saturating_add(size) > self.shared.len() as u64 {
                     return Err(bad("outside shared memory"));
                 }
                 Target::Shared(addr as usize)
             }
             Space::Local => {
                 let lb = self.ctx.prog.local_bytes as u64;
-                if addr + size > lb {
+                if addr.saturating_add(size) > lb {
                     return Err(bad("outside local memory"));
                 }
                 Target::Local(lane * lb as usize + addr as usize)
             }
             Space::KParam => {
-                if addr + size > self.ctx.params.len() as u64 {
+                if addr.saturating_add(size) > self.ctx.params.len() as u64 {
                     return Err(bad("outside the parameter buffer"));
                 }
                 Target::Param(addr as usize)
@@ -835,7 +859,7 @@ fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
                         );
                     }
                     for (k, &dk) in d.iter().enumerate().take(n as usize) {
-                        let mut x = match mem.load(w, sp, addr + (k as u64) * size as u64, size, l, ins.line) {
+                        let mut x = match mem.load(w, sp, addr.wrapping_add((k as u64) * size as u64), size, l, ins.line) {
                             Ok(x) => x,
                             Err(e) => return finish(w, count, Err(e)),
                         };
@@ -870,7 +894,7 @@ fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
                     }
                     for (k, sv) in s.iter().enumerate().take(n as usize) {
                         let x = v!(*sv, l);
-                        if let Err(e) = mem.store(w, sp, addr + (k as u64) * size as u64, size, x, l, ins.line) {
+                        if let Err(e) = mem.store(w, sp, addr.wrapping_add((k as u64) * size as u64), size, x, l, ins.line) {
                             return finish(w, count, Err(e));
                         }
                     }
@@ -1440,9 +1464,16 @@ fn do_printf(ctx: &Ctx, mem: &mut Mem, w: &mut Warp, l: usize, ret: u32, fmt: u3
             store_bytes(&mut w.local, o, 4, nargs);
         }
     }
-    ctx.printf.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&out);
+    let mut buf = ctx.printf.lock().unwrap_or_else(|e| e.into_inner());
+    let room = MAX_PRINTF_BYTES.saturating_sub(buf.len());
+    buf.extend_from_slice(&out[..out.len().min(room)]);
     Ok(())
 }
+
+/// Widths and precisions of device printf are capped (a real GPU's printf buffer is small).
+const MAX_PRINTF_FIELD: usize = 512;
+/// Device printf text kept per launch (CUDA's default printf FIFO is 1 MiB).
+pub const MAX_PRINTF_BYTES: usize = 1 << 20;
 
 fn parse_spec(spec: &str) -> (bool, bool, bool, usize, Option<usize>) {
     let mut left = false;
@@ -1460,10 +1491,10 @@ fn parse_spec(spec: &str) -> (bool, bool, bool, usize, Option<usize>) {
         rest = &rest[1..];
     }
     let (w, p) = match rest.split_once('.') {
-        Some((w, p)) => (w, Some(p.parse().unwrap_or(0))),
+        Some((w, p)) => (w, Some(p.parse::<usize>().unwrap_or(0).min(MAX_PRINTF_FIELD))),
         None => (rest, None),
     };
-    (left, zero, plus, w.parse().unwrap_or(0), p)
+    (left, zero, plus, w.parse::<usize>().unwrap_or(0).min(MAX_PRINTF_FIELD), p)
 }
 
 fn pad(spec: &str, s: String) -> String {

@@ -10,6 +10,9 @@ use crate::error::EmuError;
 use crate::memory::DeviceMemory;
 use crate::ptx::{self, DeclSpace, InitVal};
 
+/// The largest kernel parameter buffer the driver accepts (CUDA 12.1+).
+pub const MAX_PARAM_BYTES: u32 = 32764;
+
 /// One kernel parameter's place in the packed parameter buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ParamInfo {
@@ -200,9 +203,15 @@ impl Module {
                 let mut off = 0u32;
                 for p in &f.params {
                     let align = p.align.max(1);
-                    off = off.div_ceil(align) * align;
+                    off = off.div_ceil(align).saturating_mul(align);
                     params.push(ParamInfo { offset: off, size: p.size(), align });
-                    off += p.size();
+                    off = off.saturating_add(p.size());
+                }
+                if off > MAX_PARAM_BYTES {
+                    return Err(EmuError::InvalidPtx(format!(
+                        "line {}: kernel {} has {off} bytes of parameters, more than {MAX_PARAM_BYTES}",
+                        f.line, f.name
+                    )));
                 }
                 let maxthreads =
                     f.reqntid.or(f.maxntid).map(|d| d.iter().map(|&x| x as u64).product::<u64>().min(1024) as i32).unwrap_or(1024);

@@ -199,7 +199,7 @@ impl VarDecl {
         type_size(&self.ty).unwrap_or(1) as u64
     }
     pub fn size(&self) -> u64 {
-        self.elem_size() * self.elems.unwrap_or(1)
+        self.elem_size().saturating_mul(self.elems.unwrap_or(1))
     }
 }
 
@@ -226,7 +226,7 @@ pub struct ParamDecl {
 
 impl ParamDecl {
     pub fn size(&self) -> u32 {
-        (type_size(&self.ty).unwrap_or(1) as u64 * self.elems.unwrap_or(1)) as u32
+        (type_size(&self.ty).unwrap_or(1) as u64).saturating_mul(self.elems.unwrap_or(1)).min(u32::MAX as u64) as u32
     }
 }
 
@@ -373,7 +373,7 @@ impl Parser {
             self.i += 1;
             let n = if self.is_p(']') { 0 } else { self.int()? };
             self.expect_p(']')?;
-            elems = Some(elems.unwrap_or(1) * n);
+            elems = Some(elems.unwrap_or(1).saturating_mul(n));
         }
         Ok(elems)
     }
@@ -494,7 +494,7 @@ impl Parser {
             let name = self.id()?;
             let mut elems = self.dims()?;
             if vecn > 1 {
-                elems = Some(elems.unwrap_or(1) * vecn);
+                elems = Some(elems.unwrap_or(1).saturating_mul(vecn));
             }
             let mut init = Vec::new();
             if self.is_p('=') {
@@ -760,7 +760,7 @@ impl Parser {
                 self.i += 1;
                 let k = self.int()?;
                 self.expect_p('>')?;
-                if k > 1_000_000 {
+                if k > 65_536 {
                     return Err(err(l, "too many registers"));
                 }
                 for j in 0..k {

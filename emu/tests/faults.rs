@@ -152,3 +152,43 @@ fn every_fixture_loads() {
     assert!(n >= 19);
     assert_eq!(m.used(), 0);
 }
+
+#[test]
+fn hostile_sizes_are_refused_not_allocated() {
+    let m = mem();
+    let regs =
+        ".version 8.0\n.target sm_80\n.address_size 64\n.visible .entry k()\n{\n.reg .b32 %r<60000>;\n.reg .b32 %q<60000>;\nret;\n}\n";
+    assert_eq!(Module::load(regs.as_bytes(), &m).unwrap_err().cuda_code(), 218);
+    let local = ".version 8.0\n.target sm_80\n.address_size 64\n.visible .entry k()\n{\n.local .align 8 .b8 big[1000000000];\nret;\n}\n";
+    assert_eq!(Module::load(local.as_bytes(), &m).unwrap_err().cuda_code(), 218);
+    let shared = ".version 8.0\n.target sm_80\n.address_size 64\n.visible .entry k()\n{\n.shared .align 8 .b8 big[1000000];\nret;\n}\n";
+    let md = Module::load(shared.as_bytes(), &m).unwrap();
+    let e = launch(&md, "k", &cfg1(1, 32), &[], &m, &opts(1)).unwrap_err();
+    assert_eq!(e.cuda_code(), 701);
+    let local = ".version 8.0\n.target sm_80\n.address_size 64\n.visible .entry k()\n{\n.local .align 8 .b8 big[400000];\nret;\n}\n";
+    let md = Module::load(local.as_bytes(), &m).unwrap();
+    assert_eq!(launch(&md, "k", &cfg1(1, 1024), &[], &m, &opts(1)).unwrap_err().cuda_code(), 701);
+    launch(&md, "k", &cfg1(2, 32), &[], &m, &opts(1)).unwrap();
+}
+
+#[test]
+fn watchdog_stops_a_loop_around_a_barrier() {
+    let src = r#"
+.version 8.0
+.target sm_80
+.address_size 64
+.visible .entry k()
+{
+$L__loop:
+    bar.sync 0;
+    bra.uni $L__loop;
+}
+"#;
+    let m = mem();
+    let md = Module::load(src.as_bytes(), &m).unwrap();
+    let o = ExecOptions { worker_threads: 1, watchdog: Duration::from_millis(200) };
+    let t = Instant::now();
+    let e = launch(&md, "k", &cfg1(1, 128), &[], &m, &o).unwrap_err();
+    assert_eq!(e.cuda_code(), 702);
+    assert!(t.elapsed() < Duration::from_secs(3));
+}
