@@ -8,6 +8,7 @@ pub mod init;
 pub mod launch;
 pub mod memory;
 pub mod module;
+pub mod runtime_support;
 pub mod stream;
 
 pub use crate::ffi::CUresult;
