@@ -15,6 +15,7 @@ python="${PYTHON:-python3}"
 requirements=(
     "nvidia-cuda-runtime-cu12==12.9.79"
     "cuda-bindings==12.9.*"
+    "nvidia-cuda-nvcc-cu12==12.9.86"
 )
 stamp="$venv/.cuwire-test-deps"
 want="$(printf '%s\n' "${requirements[@]}")"
