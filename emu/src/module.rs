@@ -82,6 +82,59 @@ impl std::fmt::Debug for Module {
     }
 }
 
+const FATBIN_MAGIC: u32 = 0xBA55_ED50;
+const FATBIN_KIND_PTX: u16 = 1;
+/// Entry flag of a compressed payload.
+const FATBIN_FLAG_COMPRESSED: u64 = 0x2000;
+
+fn le16(b: &[u8], o: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?))
+}
+fn le32(b: &[u8], o: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?))
+}
+fn le64(b: &[u8], o: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?))
+}
+
+/// The uncompressed PTX entries of a fatbinary (one or more concatenated containers),
+/// as (arch, text), highest architecture first.
+pub fn fatbin_ptx(image: &[u8]) -> Vec<(u32, &str)> {
+    let mut out = Vec::new();
+    let mut c = 0usize;
+    while le32(image, c) == Some(FATBIN_MAGIC) {
+        let (Some(hsize), Some(fsize)) = (le16(image, c + 6), le64(image, c + 8)) else { break };
+        let start = c + hsize as usize;
+        let Some(end) = start.checked_add(fsize as usize).filter(|&e| e <= image.len()) else { break };
+        let mut e = start;
+        while e + 64 <= end {
+            let (Some(kind), Some(ehs), Some(size)) = (le16(image, e), le32(image, e + 4), le64(image, e + 8)) else {
+                break;
+            };
+            let arch = le32(image, e + 28).unwrap_or(0);
+            let flags = le64(image, e + 40).unwrap_or(0);
+            let p = e + ehs as usize;
+            let Some(q) = p.checked_add(size as usize).filter(|&q| q <= end) else { break };
+            if kind == FATBIN_KIND_PTX && flags & FATBIN_FLAG_COMPRESSED == 0 {
+                let payload = &image[p..q];
+                let n = payload.iter().position(|&b| b == 0).unwrap_or(payload.len());
+                if let Ok(t) = std::str::from_utf8(&payload[..n]) {
+                    if t.contains(".version") {
+                        out.push((arch, t));
+                    }
+                }
+            }
+            if ehs == 0 && size == 0 {
+                break;
+            }
+            e = q;
+        }
+        c = end.div_ceil(8) * 8;
+    }
+    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out
+}
+
 /// Extracts the PTX text of an image, refusing binary formats clearly.
 fn image_text(image: &[u8]) -> Result<&str, EmuError> {
     if image.starts_with(b"\x7fELF") {
@@ -91,8 +144,12 @@ fn image_text(image: &[u8]) -> Result<&str, EmuError> {
                 .into(),
         ));
     }
-    if image.starts_with(&[0x50, 0xed, 0x55, 0xba]) || image.starts_with(&[0x46, 0x62, 0xc1, 0x46]) {
-        return Err(EmuError::InvalidPtx("the image is a fatbinary; the emulated device runs PTX text only".into()));
+    if image.starts_with(&FATBIN_MAGIC.to_le_bytes()) || image.starts_with(&[0x46, 0x62, 0xc1, 0x46]) {
+        return Err(EmuError::InvalidPtx(
+            "the fatbinary holds no uncompressed PTX the emulated device could run (it runs PTX only, \
+             not SASS; embed PTX, e.g. nvcc -gencode arch=compute_80,code=compute_80 -Xfatbin -compress-all=false)"
+                .into(),
+        ));
     }
     let end = image.iter().position(|&b| b == 0).unwrap_or(image.len());
     std::str::from_utf8(&image[..end]).map_err(|e| EmuError::InvalidPtx(format!("the image is not PTX text: {e}")))
@@ -160,6 +217,19 @@ impl Module {
     /// kernel (refusing unsupported instructions here) and allocates the module's
     /// `.global` and `.const` variables in `mem`, initialised.
     pub fn load(image: &[u8], mem: &Arc<DeviceMemory>) -> Result<Module, EmuError> {
+        if image.starts_with(&FATBIN_MAGIC.to_le_bytes()) {
+            // run the PTX of the highest architecture that loads
+            let mut first_err = None;
+            for (_, text) in fatbin_ptx(image) {
+                match Module::load(text.as_bytes(), mem) {
+                    Ok(m) => return Ok(m),
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+            return Err(first_err.unwrap_or_else(|| image_text(image).unwrap_err()));
+        }
         let text = image_text(image)?;
         if !text.contains(".version") && !text.contains(".entry") && !text.contains(".func") {
             return Err(EmuError::InvalidPtx("the image does not look like PTX text".into()));

@@ -192,3 +192,47 @@ $L__loop:
     assert_eq!(e.cuda_code(), 702);
     assert!(t.elapsed() < Duration::from_secs(3));
 }
+
+/// Builds a fatbinary container the way nvcc lays it out (16-byte header, entries with a
+/// 64-byte header each, payloads padded to 8).
+fn fatbin(entries: &[(u16, u32, u64, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for &(kind, arch, flags, payload) in entries {
+        let mut p = payload.to_vec();
+        while p.len() % 8 != 0 {
+            p.push(0);
+        }
+        let mut h = vec![0u8; 64];
+        h[0..2].copy_from_slice(&kind.to_le_bytes());
+        h[2..4].copy_from_slice(&0x0101u16.to_le_bytes());
+        h[4..8].copy_from_slice(&64u32.to_le_bytes());
+        h[8..16].copy_from_slice(&(p.len() as u64).to_le_bytes());
+        h[28..32].copy_from_slice(&arch.to_le_bytes());
+        h[40..48].copy_from_slice(&flags.to_le_bytes());
+        body.extend_from_slice(&h);
+        body.extend_from_slice(&p);
+    }
+    let mut out = Vec::new();
+    out.extend_from_slice(&0xBA55_ED50u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&16u16.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+#[test]
+fn fatbinary_with_ptx_loads() {
+    let m = mem();
+    let ptx = fixture("nvrtc_saxpy.ptx");
+    let img = fatbin(&[(2, 80, 0, b"\x7fELF fake sass"), (1, 70, 0, b"garbage that is not ptx"), (1, 80, 0, &ptx)]);
+    let md = Module::load(&img, &m).unwrap();
+    assert_eq!(md.kernel_names(), vec!["saxpy".to_string()]);
+    let only_sass = fatbin(&[(2, 80, 0, b"\x7fELF fake sass")]);
+    let e = Module::load(&only_sass, &m).unwrap_err();
+    assert!(e.to_string().contains("PTX"), "{e}");
+    let compressed = fatbin(&[(1, 80, 0x2000, &ptx[..100])]);
+    assert!(Module::load(&compressed, &m).is_err());
+    let truncated = &img[..img.len() / 2];
+    assert!(Module::load(truncated, &m).is_err());
+}
