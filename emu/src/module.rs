@@ -131,7 +131,7 @@ pub fn fatbin_ptx(image: &[u8]) -> Vec<(u32, &str)> {
         }
         c = end.div_ceil(8) * 8;
     }
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|e| std::cmp::Reverse(e.0));
     out
 }
 
