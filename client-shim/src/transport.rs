@@ -201,7 +201,9 @@ async fn handshake(
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_idle_timeout(Some(quinn::IdleTimeout::try_from(cfg.idle_timeout).map_err(|e| e.to_string())?))
-        .keep_alive_interval(Some(cfg.idle_timeout / 3))
+        // Often enough for any server idle timeout down to about a second (QUIC uses the
+        // smaller of the two sides' idle timeouts).
+        .keep_alive_interval(Some((cfg.idle_timeout / 3).min(Duration::from_millis(300))))
         .stream_receive_window(quinn::VarInt::from_u32(64 << 20))
         .receive_window(quinn::VarInt::from_u32(256 << 20))
         .send_window(256 << 20);

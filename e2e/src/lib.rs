@@ -227,6 +227,11 @@ impl Server {
             .unwrap_or_else(|e| format!("(cannot read {}: {e})", self.log_path.display()))
     }
 
+    /// The server's process id (to read `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.lock().unwrap_or_else(|e| e.into_inner()).id()
+    }
+
     /// Whether the server process is still alive.
     pub fn is_running(&self) -> bool {
         matches!(self.child.lock().unwrap().try_wait(), Ok(None))

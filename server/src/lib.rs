@@ -6,34 +6,35 @@ pub mod backend;
 pub mod config;
 pub mod dev;
 pub mod listener;
+pub mod pool;
 pub mod session;
+pub mod status;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 
 use crate::backend::emu::{EmuBackend, EmuConfig};
 use crate::backend::Backend;
-use crate::config::{BackendKind, Config};
+use crate::config::{BackendKind, Cli, Config};
 use crate::listener::{Listener, ListenerConfig};
+use crate::pool::Pool;
 
 /// Builds the configured backend.
 pub fn make_backend(cfg: &Config) -> Result<Arc<dyn Backend>> {
     Ok(match cfg.backend {
         BackendKind::Emu => Arc::new(EmuBackend::new(EmuConfig {
-            devices: cfg.emu_gpus.max(1),
-            memory: cfg.emu_memory,
+            memories: cfg.emu_memories.clone(),
             compute_capability: cfg.emu_cc,
             worker_threads: cfg.emu_threads,
-            watchdog: Duration::from_secs_f64(cfg.emu_watchdog.max(0.01)),
+            watchdog: cfg.emu_watchdog,
         })),
         BackendKind::Cuda => Arc::from(backend::cuda::load(&cfg.cuda_lib)?),
     })
 }
 
-/// Runs the daemon until `shutdown` resolves.
-pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+/// Runs the daemon until `shutdown` resolves. `cli` is kept for SIGHUP reloads.
+pub async fn run(cfg: Config, cli: Cli, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let certs = match (&cfg.dev, &cfg.certs) {
         (Some(dir), _) => {
             cuwire_certs::ensure_dev(dir).with_context(|| format!("creating development certificates in {}", dir.display()))?;
@@ -44,16 +45,37 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
     };
     let certs = std::fs::canonicalize(&certs).with_context(|| format!("certificate directory {}", certs.display()))?;
     let backend = make_backend(&cfg)?;
+    let pool = Pool::new(backend.clone(), cfg.policy.clone());
     let listener = Listener::bind(
         ListenerConfig {
             listen: cfg.listen,
-            idle_timeout: cfg.idle(),
-            handshake_timeout: Duration::from_secs_f64(cfg.handshake_timeout.max(0.1)),
-            max_connections: cfg.max_connections.max(1),
+            idle_timeout: cfg.idle_timeout,
+            handshake_timeout: cfg.handshake_timeout + pool.admission_timeout(),
+            max_connections: cfg.max_connections,
         },
         &certs,
-        backend.clone(),
+        pool.clone(),
     )?;
+    if let Some(addr) = cfg.metrics {
+        let bound = status::serve(addr, pool.clone()).await?;
+        tracing::info!(%bound, "metrics on http://{bound}/metrics, status on http://{bound}/status");
+    }
+    // SIGHUP reloads tenants, quotas and policies; sessions stay.
+    {
+        let (pool, cfg, cli) = (pool.clone(), cfg.clone(), cli.clone());
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match cfg.reload_policy(&cli, pool.backend().device_count()) {
+                    Ok(p) => {
+                        tracing::info!(tenants = p.tenants.as_ref().map(|t| t.len()), "configuration reloaded");
+                        pool.set_policy(p);
+                    }
+                    Err(e) => tracing::error!("configuration not reloaded: {e:#}"),
+                }
+            }
+        });
+    }
     let addr = listener.local_addr()?;
     tracing::info!(%addr, backend = backend.kind(), devices = backend.device_count(), certs = %certs.display(), "cuwired listening");
     if cfg.dev.is_some() {

@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use cuwire_protocol::{Call, ServerMsg};
 use quinn::crypto::rustls::QuicServerConfig;
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::backend::Backend;
+use crate::pool::{Pool, SessionInfo};
 use crate::session::Session;
 
 /// QUIC application error codes the server closes connections with.
@@ -37,7 +36,7 @@ pub struct ListenerConfig {
 
 pub struct Listener {
     endpoint: quinn::Endpoint,
-    backend: Arc<dyn Backend>,
+    pool: Arc<Pool>,
     cfg: ListenerConfig,
 }
 
@@ -65,17 +64,22 @@ fn server_tls(certs: &Path) -> Result<rustls::ServerConfig> {
     Ok(tls)
 }
 
-/// The tenant a client certificate names: its subject's common name.
-pub fn tenant_of(conn: &quinn::Connection) -> Option<String> {
+/// The tenant a client certificate names (its subject's common name) and the certificate's
+/// serial number (normalised hex, for the revocation list).
+pub fn tenant_of(conn: &quinn::Connection) -> Option<(String, String)> {
     let identity = conn.peer_identity()?;
     let certs = identity.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
     let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?.as_ref()).ok()?;
     let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_owned();
-    Some(cn)
+    Some((cn, crate::config::normalize_serial(&cert.raw_serial_as_string())))
+}
+
+fn refused(reason: &'static str) {
+    metrics::counter!("cuwire_handshake_refusals_total", "reason" => reason).increment(1);
 }
 
 impl Listener {
-    pub fn bind(cfg: ListenerConfig, certs: &Path, backend: Arc<dyn Backend>) -> Result<Listener> {
+    pub fn bind(cfg: ListenerConfig, certs: &Path, pool: Arc<Pool>) -> Result<Listener> {
         let tls = server_tls(certs)?;
         let crypto = QuicServerConfig::try_from(tls)?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -90,7 +94,7 @@ impl Listener {
             .send_window(256 << 20);
         server.transport_config(Arc::new(transport));
         let endpoint = quinn::Endpoint::server(server, cfg.listen).with_context(|| format!("binding {}", cfg.listen))?;
-        Ok(Listener { endpoint, backend, cfg })
+        Ok(Listener { endpoint, pool, cfg })
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr> {
@@ -101,7 +105,6 @@ impl Listener {
     /// them to go.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) {
         let slots = Arc::new(Semaphore::new(self.cfg.max_connections));
-        let next_session = Arc::new(AtomicU64::new(1));
         tokio::pin!(shutdown);
         loop {
             let incoming = tokio::select! {
@@ -110,15 +113,15 @@ impl Listener {
             };
             let Ok(permit) = slots.clone().try_acquire_owned() else {
                 tracing::warn!(remote = %incoming.remote_address(), "refused: connection limit reached");
+                refused("connection_limit");
                 incoming.refuse();
                 continue;
             };
-            let backend = self.backend.clone();
-            let next = next_session.clone();
+            let pool = self.pool.clone();
             let handshake_timeout = self.cfg.handshake_timeout;
             tokio::spawn(async move {
                 let remote = incoming.remote_address();
-                if let Err(e) = connection(incoming, backend, next, handshake_timeout).await {
+                if let Err(e) = connection(incoming, pool, handshake_timeout).await {
                     tracing::info!(%remote, "connection ended: {e:#}");
                 }
                 drop(permit);
@@ -150,17 +153,29 @@ async fn write_msg(send: &mut quinn::SendStream, msg: &ServerMsg, payload: Bytes
     Ok(())
 }
 
-async fn connection(incoming: quinn::Incoming, backend: Arc<dyn Backend>, next: Arc<AtomicU64>, handshake_timeout: Duration) -> Result<()> {
+async fn refuse(conn: &quinn::Connection, mut send: quinn::SendStream, reason: &str) {
+    if let Ok(head) = frame::encode(&Welcome::Refused { reason: reason.to_owned() }, 0) {
+        let _ = send.write_all(&head).await;
+        let _ = send.finish();
+    }
+    // Let the refusal reach the client before the close does.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    conn.close(close_codes::REFUSED.into(), reason.as_bytes());
+}
+
+async fn connection(incoming: quinn::Incoming, pool: Arc<Pool>, handshake_timeout: Duration) -> Result<()> {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(%remote, "handshake refused: {e}");
+            refused("tls");
             return Ok(());
         }
     };
-    let Some(tenant) = tenant_of(&conn) else {
+    let Some((tenant, serial)) = tenant_of(&conn) else {
         tracing::warn!(%remote, "handshake refused: the client certificate names no tenant");
+        refused("no_tenant");
         conn.close(close_codes::REFUSED.into(), b"client certificate names no tenant");
         return Ok(());
     };
@@ -193,29 +208,59 @@ async fn connection(incoming: quinn::Incoming, backend: Arc<dyn Backend>, next: 
     };
     if let Err(reason) = handshake::check_version(handshake::PROTOCOL_VERSION, hello.protocol_version, "client") {
         tracing::warn!(%remote, %tenant, client = %hello.build_id, "handshake refused: {reason}");
-        let head = frame::encode(&Welcome::Refused { reason: reason.clone() }, 0)?;
-        let _ = send.write_all(&head).await;
-        let _ = send.finish();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        conn.close(close_codes::REFUSED.into(), reason.as_bytes());
+        refused("version");
+        refuse(&conn, send, &reason).await;
         return Ok(());
     }
 
-    let id = next.fetch_add(1, Ordering::Relaxed);
-    let devices: Vec<usize> = (0..backend.device_count()).collect();
+    // Admission may wait for room (blocking), so it runs off the I/O threads.
+    let info = SessionInfo {
+        tenant: tenant.clone(),
+        devices: vec![],
+        remote: remote.to_string(),
+        pid: hello.pid,
+        host: hello.host.clone(),
+        started: std::time::SystemTime::now(),
+    };
+    let (p, t, s) = (pool.clone(), tenant.clone(), serial.clone());
+    let admitted = tokio::task::spawn_blocking(move || p.admit(&t, &s, info)).await?;
+    let admitted = match admitted {
+        Ok(a) => a,
+        Err(refusal) => {
+            let reason = refusal.reason();
+            tracing::warn!(%remote, %tenant, %serial, "handshake refused: {reason}");
+            refused(refusal.label());
+            refuse(&conn, send, &reason).await;
+            return Ok(());
+        }
+    };
+    let id = admitted.session;
+    let backend = pool.backend().clone();
     let welcome = Welcome::Accepted {
         protocol_version: handshake::PROTOCOL_VERSION,
         server_build: handshake::BUILD_ID.into(),
         session: id,
         tenant: tenant.clone(),
         driver_version: backend.driver_version(),
-        devices: devices.iter().map(|d| backend.device_info(*d)).collect(),
+        devices: admitted
+            .devices
+            .iter()
+            .map(|d| {
+                let mut info = backend.device_info(*d);
+                info.total_mem = pool.tenant_total(&tenant, *d);
+                info
+            })
+            .collect(),
     };
-    send.write_all(&frame::encode(&welcome, 0)?).await?;
-    tracing::info!(session = id, %tenant, %remote, pid = hello.pid, host = %hello.host, client = %hello.build_id, "session opened");
+    if let Err(e) = send.write_all(&frame::encode(&welcome, 0)?).await {
+        pool.leave(id);
+        return Err(e.into());
+    }
+    tracing::info!(session = id, %tenant, %remote, devices = ?admitted.devices, pid = hello.pid, host = %hello.host, client = %hello.build_id, "session opened");
 
-    let session = Session::new(id, tenant.clone(), backend, devices);
+    let session = Session::with_pool(id, tenant.clone(), pool.clone(), admitted.devices);
     let result = run_lane(&conn, session, send, recv).await;
+    pool.leave(id);
     match &result {
         Ok(()) => tracing::info!(session = id, %tenant, "session closed"),
         Err(e) => tracing::info!(session = id, %tenant, "session ended: {e:#}"),

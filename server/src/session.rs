@@ -20,6 +20,8 @@ use cuwire_protocol::{
 };
 
 use crate::backend::{Backend, Id, DEFAULT_STREAM};
+use crate::config::PoolPolicy;
+use crate::pool::Pool;
 
 /// What a session sends back for one call: messages in order, the last one possibly with a
 /// payload.
@@ -29,6 +31,7 @@ pub struct Outcome {
 }
 
 struct CtxEntry {
+    /// Backend device ordinal.
     dev: usize,
     id: Id,
     primary: bool,
@@ -54,6 +57,8 @@ enum RangeKind {
 struct Range {
     size: u64,
     ctx: Ctx,
+    /// The device it is on (for the tenant's quota).
+    dev: usize,
     kind: RangeKind,
 }
 
@@ -79,6 +84,7 @@ pub struct Session {
     pub id: u64,
     pub tenant: String,
     backend: Arc<dyn Backend>,
+    pool: Arc<Pool>,
     /// The tenant's devices 0..k-1, as backend device ordinals.
     devices: Vec<usize>,
     current: Ctx,
@@ -111,13 +117,20 @@ fn check_name(name: &str) -> CuResult<()> {
 }
 
 impl Session {
+    /// A session on a pool of its own, without limits (tests, tools).
     pub fn new(id: u64, tenant: String, backend: Arc<dyn Backend>, devices: Vec<usize>) -> Self {
+        Self::with_pool(id, tenant, Pool::new(backend, PoolPolicy::default()), devices)
+    }
+
+    /// A session of a tenant on a shared pool, on the devices placed for it.
+    pub fn with_pool(id: u64, tenant: String, pool: Arc<Pool>, devices: Vec<usize>) -> Self {
         Session {
             id,
             tenant,
             primary: vec![PrimaryEntry::default(); devices.len()],
             devices,
-            backend,
+            backend: pool.backend().clone(),
+            pool,
             current: Ctx::NULL,
             contexts: HashMap::new(),
             streams: HashMap::new(),
@@ -136,8 +149,19 @@ impl Session {
         let Call { seq, ctx, kind, request } = call;
         let function = request.function();
         self.current = ctx;
+        let bytes_in = payload.len();
         let mut io = Payload { input: payload, output: Bytes::new() };
+        let started = std::time::Instant::now();
         let result = dispatch(self, request, &mut io);
+        let tenant = self.tenant.clone();
+        metrics::counter!("cuwire_calls_total", "tenant" => tenant.clone(), "function" => function.name()).increment(1);
+        metrics::histogram!("cuwire_call_seconds", "function" => function.name()).record(started.elapsed().as_secs_f64());
+        metrics::counter!("cuwire_bytes_in_total", "tenant" => tenant.clone()).increment(bytes_in as u64);
+        metrics::counter!("cuwire_bytes_out_total", "tenant" => tenant.clone()).increment(io.output.len() as u64);
+        if let Err(e) = &result {
+            metrics::counter!("cuwire_call_errors_total", "tenant" => tenant, "function" => function.name(), "error" => e.name())
+                .increment(1);
+        }
         let mut out = Outcome::default();
         match kind {
             CallKind::Async => {
@@ -187,9 +211,9 @@ impl Session {
 
     /// Frees everything the session holds (the client went away).
     pub fn close(&mut self) {
-        let ids: Vec<Id> = self.contexts.values().map(|c| c.id).collect();
-        for id in ids {
-            let _ = self.backend.ctx_destroy(id);
+        let ctxs: Vec<Ctx> = self.contexts.keys().copied().collect();
+        for ctx in ctxs {
+            let _ = self.destroy_ctx(ctx);
         }
         self.contexts.clear();
         self.streams.clear();
@@ -270,6 +294,14 @@ impl Session {
 
     fn destroy_ctx(&mut self, ctx: Ctx) -> CuResult<()> {
         let entry = self.contexts.remove(&ctx).ok_or(CuError::INVALID_CONTEXT)?;
+        let (pool, tenant) = (self.pool.clone(), self.tenant.clone());
+        for r in self.ranges.values().filter(|r| r.ctx == ctx && r.kind == RangeKind::Allocation) {
+            pool.release_memory(&tenant, r.dev, r.size);
+        }
+        for _ in self.streams.values().filter(|(c, _)| *c == ctx) {
+            pool.release_stream(&tenant);
+        }
+        pool.release_context(&tenant);
         self.streams.retain(|_, (c, _)| *c != ctx);
         self.events.retain(|_, (c, _)| *c != ctx);
         self.modules.retain(|_, (c, _)| *c != ctx);
@@ -315,7 +347,8 @@ impl Handler for Session {
     fn CtxCreate(&mut self, req: calls::CtxCreate::Req, _: &mut Payload) -> CuResult<calls::CtxCreate::Rep> {
         Self::new_handle(&self.contexts, &req.ctx, req.ctx.is_null())?;
         let dev = self.device(req.dev)?;
-        let id = self.backend.ctx_create(dev, req.flags)?;
+        self.pool.reserve_context(&self.tenant)?;
+        let id = self.backend.ctx_create(dev, req.flags).inspect_err(|_| self.pool.release_context(&self.tenant))?;
         self.contexts.insert(req.ctx, CtxEntry { dev, id, primary: false, sticky: None });
         Ok(Default::default())
     }
@@ -335,7 +368,8 @@ impl Handler for Session {
             Some(ctx) if ctx != req.ctx => return Err(CuError::INVALID_VALUE),
             _ => {
                 Self::new_handle(&self.contexts, &req.ctx, req.ctx.is_null())?;
-                let id = self.backend.ctx_create(dev, slot.flags)?;
+                self.pool.reserve_context(&self.tenant)?;
+                let id = self.backend.ctx_create(dev, slot.flags).inspect_err(|_| self.pool.release_context(&self.tenant))?;
                 self.contexts.insert(req.ctx, CtxEntry { dev, id, primary: true, sticky: None });
                 self.primary[req.dev as usize].ctx = Some(req.ctx);
             }
@@ -385,7 +419,7 @@ impl Handler for Session {
 
     fn cuMemGetInfo_v2(&mut self, _: calls::cuMemGetInfo_v2::Req, _: &mut Payload) -> CuResult<calls::cuMemGetInfo_v2::Rep> {
         let dev = self.ctx_entry(self.current)?.dev;
-        let (free, total) = self.backend.mem_info(dev)?;
+        let (free, total) = self.pool.tenant_view(&self.tenant, dev)?;
         Ok(calls::cuMemGetInfo_v2::Rep { free, total })
     }
 
@@ -394,8 +428,11 @@ impl Handler for Session {
         if req.bytesize == 0 {
             return Err(CuError::INVALID_VALUE);
         }
-        let ptr = self.backend.mem_alloc(id, req.bytesize)?;
-        self.ranges.insert(ptr, Range { size: req.bytesize, ctx, kind: RangeKind::Allocation });
+        let dev = self.ctx_entry(ctx)?.dev;
+        // The quota is taken first: an allocation over it never reaches the GPU.
+        self.pool.reserve_memory(&self.tenant, dev, req.bytesize)?;
+        let ptr = self.backend.mem_alloc(id, req.bytesize).inspect_err(|_| self.pool.release_memory(&self.tenant, dev, req.bytesize))?;
+        self.ranges.insert(ptr, Range { size: req.bytesize, ctx, dev, kind: RangeKind::Allocation });
         Ok(calls::cuMemAlloc_v2::Rep { dptr: ptr, ..Default::default() })
     }
 
@@ -405,6 +442,7 @@ impl Handler for Session {
         let id = self.ctx_entry(r.ctx)?.id;
         self.backend.mem_free(id, req.dptr)?;
         self.ranges.remove(&req.dptr);
+        self.pool.release_memory(&self.tenant, r.dev, r.size);
         Ok(Default::default())
     }
 
@@ -423,7 +461,8 @@ impl Handler for Session {
     fn MemcpyHtoD(&mut self, req: calls::MemcpyHtoD::Req, io: &mut Payload) -> CuResult<calls::MemcpyHtoD::Rep> {
         let (ctx, cid, sid) = self.stream(req.stream)?;
         self.check_range(ctx, req.dst, io.input.len() as u64)?;
-        let r = self.backend.memcpy_htod(cid, sid, req.dst, io.input.clone());
+        let (backend, data) = (&self.backend, io.input.clone());
+        let r = self.pool.schedule(self.contexts[&ctx].dev, &self.tenant, || backend.memcpy_htod(cid, sid, req.dst, data));
         self.note(ctx, r).map(|_| Default::default())
     }
 
@@ -433,7 +472,8 @@ impl Handler for Session {
         }
         let (ctx, cid, sid) = self.stream(req.stream)?;
         self.check_range(ctx, req.src, req.bytes)?;
-        let r = self.backend.memcpy_dtoh(cid, sid, req.src, req.bytes);
+        let backend = &self.backend;
+        let r = self.pool.schedule(self.contexts[&ctx].dev, &self.tenant, || backend.memcpy_dtoh(cid, sid, req.src, req.bytes));
         io.output = self.note(ctx, r)?;
         Ok(Default::default())
     }
@@ -442,7 +482,8 @@ impl Handler for Session {
         let (ctx, cid, sid) = self.stream(req.stream)?;
         self.check_range(ctx, req.dst, req.bytes)?;
         self.check_range(ctx, req.src, req.bytes)?;
-        let r = self.backend.memcpy_dtod(cid, sid, req.dst, req.src, req.bytes);
+        let backend = &self.backend;
+        let r = self.pool.schedule(self.contexts[&ctx].dev, &self.tenant, || backend.memcpy_dtod(cid, sid, req.dst, req.src, req.bytes));
         self.note(ctx, r).map(|_| Default::default())
     }
 
@@ -456,14 +497,18 @@ impl Handler for Session {
             return Err(CuError::INVALID_VALUE);
         }
         self.check_range(ctx, req.dst, bytes)?;
-        let r = self.backend.memset(cid, sid, req.dst, req.value, req.elem_size, req.count);
+        let backend = &self.backend;
+        let r = self
+            .pool
+            .schedule(self.contexts[&ctx].dev, &self.tenant, || backend.memset(cid, sid, req.dst, req.value, req.elem_size, req.count));
         self.note(ctx, r).map(|_| Default::default())
     }
 
     fn StreamCreate(&mut self, req: calls::StreamCreate::Req, _: &mut Payload) -> CuResult<calls::StreamCreate::Rep> {
         Self::new_handle(&self.streams, &req.stream, req.stream.is_default())?;
         let (ctx, cid) = (self.current, self.cur()?);
-        let id = self.backend.stream_create(cid, req.flags, req.priority)?;
+        self.pool.reserve_stream(&self.tenant)?;
+        let id = self.backend.stream_create(cid, req.flags, req.priority).inspect_err(|_| self.pool.release_stream(&self.tenant))?;
         self.streams.insert(req.stream, (ctx, id));
         Ok(Default::default())
     }
@@ -471,6 +516,7 @@ impl Handler for Session {
     fn cuStreamDestroy_v2(&mut self, req: calls::cuStreamDestroy_v2::Req, _: &mut Payload) -> CuResult<calls::cuStreamDestroy_v2::Rep> {
         let (ctx, id) = *self.streams.get(&req.stream).ok_or(CuError::INVALID_HANDLE)?;
         self.streams.remove(&req.stream);
+        self.pool.release_stream(&self.tenant);
         let cid = self.ctx_entry(ctx)?.id;
         self.backend.stream_destroy(cid, id).map(|_| Default::default())
     }
@@ -574,7 +620,8 @@ impl Handler for Session {
         let cid = self.ctx_entry(ctx)?.id;
         let (dptr, bytes) = self.backend.module_global(cid, mid, &req.name)?;
         // The variable becomes a range the tenant may copy to and from.
-        self.ranges.entry(dptr).or_insert(Range { size: bytes, ctx, kind: RangeKind::Global(req.module) });
+        let dev = self.ctx_entry(ctx)?.dev;
+        self.ranges.entry(dptr).or_insert(Range { size: bytes, ctx, dev, kind: RangeKind::Global(req.module) });
         Ok(calls::ModuleGetGlobal::Rep { dptr, bytes, ..Default::default() })
     }
 
@@ -630,7 +677,8 @@ impl Handler for Session {
         let mid = self.library_module(req.library, ctx)?;
         let cid = self.ctx_entry(ctx)?.id;
         let (dptr, bytes) = self.backend.module_global(cid, mid, &req.name)?;
-        self.ranges.entry(dptr).or_insert(Range { size: bytes, ctx, kind: RangeKind::Global(Module::NULL) });
+        let dev = self.ctx_entry(ctx)?.dev;
+        self.ranges.entry(dptr).or_insert(Range { size: bytes, ctx, dev, kind: RangeKind::Global(Module::NULL) });
         Ok(calls::LibraryGetGlobal::Rep { dptr, bytes, ..Default::default() })
     }
 
@@ -640,7 +688,8 @@ impl Handler for Session {
         if fctx != sctx {
             return Err(CuError::INVALID_HANDLE);
         }
-        let r = self.backend.launch(cid, fid, req.dims, sid, &io.input);
+        let (backend, params) = (&self.backend, &io.input);
+        let r = self.pool.schedule(self.contexts[&fctx].dev, &self.tenant, || backend.launch(cid, fid, req.dims, sid, params));
         self.note(fctx, r).map(|_| Default::default())
     }
 }

@@ -23,8 +23,8 @@ use super::{Backend, Id, LoadedModule, DEFAULT_STREAM};
 /// How the emulated devices look.
 #[derive(Debug, Clone)]
 pub struct EmuConfig {
-    pub devices: usize,
-    pub memory: u64,
+    /// Memory of each device (one entry per device).
+    pub memories: Vec<u64>,
     pub compute_capability: (i32, i32),
     pub worker_threads: usize,
     pub watchdog: Duration,
@@ -32,7 +32,7 @@ pub struct EmuConfig {
 
 impl Default for EmuConfig {
     fn default() -> Self {
-        EmuConfig { devices: 1, memory: 4 << 30, compute_capability: (8, 0), worker_threads: 0, watchdog: Duration::from_secs(10) }
+        EmuConfig { memories: vec![4 << 30], compute_capability: (8, 0), worker_threads: 0, watchdog: Duration::from_secs(10) }
     }
 }
 
@@ -68,7 +68,7 @@ impl EmuBackend {
     pub fn new(cfg: EmuConfig) -> Self {
         let opts = ExecOptions { worker_threads: cfg.worker_threads, watchdog: cfg.watchdog };
         EmuBackend {
-            alloc_lock: (0..cfg.devices).map(|_| Mutex::new(())).collect(),
+            alloc_lock: (0..cfg.memories.len()).map(|_| Mutex::new(())).collect(),
             cfg,
             contexts: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -97,7 +97,7 @@ impl EmuBackend {
     }
 
     fn check_dev(&self, dev: usize) -> CuResult<()> {
-        if dev < self.cfg.devices {
+        if dev < self.cfg.memories.len() {
             Ok(())
         } else {
             Err(CuError::INVALID_DEVICE)
@@ -188,7 +188,7 @@ impl Backend for EmuBackend {
     }
 
     fn device_count(&self) -> usize {
-        self.cfg.devices
+        self.cfg.memories.len()
     }
 
     fn device_info(&self, dev: usize) -> DeviceInfo {
@@ -214,7 +214,7 @@ impl Backend for EmuBackend {
         DeviceInfo {
             name: format!("cuwire emulated GPU {dev} (sm_{ma}{mi}, PTX on CPU)"),
             uuid,
-            total_mem: self.cfg.memory,
+            total_mem: self.cfg.memories[dev],
             attributes,
             pci_bus_id: format!("0000:{:02x}:00.0", dev + 1),
         }
@@ -228,7 +228,8 @@ impl Backend for EmuBackend {
     fn mem_info(&self, dev: usize) -> CuResult<(u64, u64)> {
         self.check_dev(dev)?;
         let used = self.device_used(dev);
-        Ok((self.cfg.memory.saturating_sub(used), self.cfg.memory))
+        let total = self.cfg.memories[dev];
+        Ok((total.saturating_sub(used), total))
     }
 
     fn ctx_create(&self, dev: usize, _flags: u32) -> CuResult<Id> {
@@ -236,7 +237,7 @@ impl Backend for EmuBackend {
         let id = self.id();
         // Each context its own address space: 64 GiB apart, so addresses are also unique.
         let base = 0x1000_0000_0000u64 + (id << 36) % 0x7000_0000_0000;
-        let mem = Arc::new(DeviceMemory::new(base, self.cfg.memory));
+        let mem = Arc::new(DeviceMemory::new(base, self.cfg.memories[dev]));
         self.contexts.lock().insert(id, Arc::new(Ctx { dev, mem, state: Mutex::default() }));
         Ok(id)
     }
@@ -256,7 +257,7 @@ impl Backend for EmuBackend {
             return Err(CuError::INVALID_VALUE);
         }
         let _guard = self.alloc_lock[c.dev].lock();
-        if self.device_used(c.dev).saturating_add(bytes) > self.cfg.memory {
+        if self.device_used(c.dev).saturating_add(bytes) > self.cfg.memories[c.dev] {
             return Err(CuError::OUT_OF_MEMORY);
         }
         c.mem.alloc(bytes).map_err(err)
