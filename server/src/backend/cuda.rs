@@ -755,6 +755,23 @@ impl Backend for CudaBackend {
             let mut p: CUdeviceptr = 0;
             // SAFETY: cuMemAlloc_v2(CUdeviceptr*, size_t): `p` is a live local.
             ck(unsafe { f(&mut p, size) })?;
+            // Scrub before the tenant sees it: the driver may hand out memory another tenant's
+            // context freed, with its contents.
+            let zero = need(self.api.memset_d8_async).and_then(|memset| {
+                // SAFETY: cuMemsetD8Async(CUdeviceptr, uchar, size_t, CUstream): `p` is the
+                // allocation of `size` bytes just made in the current context; NULL stream.
+                ck(unsafe { memset(p, 0, size, std::ptr::null_mut()) })?;
+                let sync = need(self.api.ctx_synchronize)?;
+                // SAFETY: cuCtxSynchronize(): no arguments; the context is current.
+                ck(unsafe { sync() })
+            });
+            if let Err(e) = zero {
+                if let Some(free) = self.api.mem_free {
+                    // SAFETY: cuMemFree_v2 on the allocation made above, not handed out.
+                    unsafe { free(p) };
+                }
+                return Err(e);
+            }
             Ok(p)
         })
     }
