@@ -99,6 +99,9 @@ pub enum Op {
         a: Src,
         b: Src,
         f: F2,
+        /// Which hot operation `f` is (see `hot_bin`), so the interpreter can run it inlined;
+        /// 0 = call `f`.
+        k: u8,
     },
     Tern {
         d: u32,
@@ -106,6 +109,7 @@ pub enum Op {
         b: Src,
         c: Src,
         f: F3,
+        k: u8,
     },
     Quad {
         d: u32,
@@ -561,7 +565,12 @@ impl<'a> Dec<'a> {
         o
     }
 
-    fn emit(&mut self, op: Op, guard: PSrc, line: u32) -> Result<usize, EmuError> {
+    fn emit(&mut self, mut op: Op, guard: PSrc, line: u32) -> Result<usize, EmuError> {
+        match &mut op {
+            Op::Bin { f, k, .. } => *k = hot_bin(*f),
+            Op::Tern { f, k, .. } => *k = hot_tern(*f),
+            _ => {}
+        }
         if self.code.len() >= MAX_CODE {
             return Err(perr(line, "kernel too large after inlining"));
         }
@@ -857,9 +866,9 @@ impl<'a> Dec<'a> {
                 if win == 0 {
                     Op::Mov { d, a }
                 } else if to {
-                    Op::Bin { d, a, b: Src::I(win), f: |x, w| x.wrapping_sub(w) & (WIN_SIZE - 1) }
+                    Op::Bin { d, a, b: Src::I(win), f: |x, w| x.wrapping_sub(w) & (WIN_SIZE - 1), k: 0 }
                 } else {
-                    Op::Bin { d, a, b: Src::I(win), f: |x, w| (x & (WIN_SIZE - 1)) + w }
+                    Op::Bin { d, a, b: Src::I(win), f: |x, w| (x & (WIN_SIZE - 1)) + w, k: 0 }
                 }
             }
             "isspacep" => {
@@ -898,7 +907,7 @@ impl<'a> Dec<'a> {
                     let a = self.src(fr, &ops[1], ty, line, name)?;
                     let b = self.src(fr, &ops[2], sty, line, name)?;
                     let f = bin_fn(&md, ty).ok_or_else(unsup)?;
-                    Op::Bin { d, a, b, f }
+                    Op::Bin { d, a, b, f, k: 0 }
                 }
             }
             "mad" | "fma" | "bfe" | "prmt" | "mad24" | "shf" => {
@@ -919,7 +928,7 @@ impl<'a> Dec<'a> {
                 let b = self.src(fr, &ops[2], tb, line, name)?;
                 let c = self.src(fr, &ops[3], tc, line, name)?;
                 let f = tern_fn(&md, ty).ok_or_else(unsup)?;
-                Op::Tern { d, a, b, c, f }
+                Op::Tern { d, a, b, c, f, k: 0 }
             }
             "bfi" | "lop3" => {
                 nops(5)?;
@@ -1047,7 +1056,7 @@ impl<'a> Dec<'a> {
                             lo | (hi << 16)
                         }
                     };
-                    Op::Bin { d, a, b, f }
+                    Op::Bin { d, a, b, f, k: 0 }
                 } else {
                     let dst = NumTy::parse(tys[0]).ok_or_else(unsup)?;
                     let srct = NumTy::parse(tys[1]).ok_or_else(unsup)?;
@@ -1756,4 +1765,67 @@ fn atom_fn(md: &Mods, ty: &str) -> Option<F3> {
         return None;
     }
     Some(f)
+}
+
+/// Tags of the most frequent two-operand operations, which the interpreter runs inlined
+/// over the lanes instead of calling through the function pointer.
+pub mod hot {
+    pub const ADD32: u8 = 1;
+    pub const ADD64: u8 = 2;
+    pub const MUL32: u8 = 3;
+    pub const MULWIDE_S32: u8 = 4;
+    pub const SHL32: u8 = 5;
+    pub const SHL64: u8 = 6;
+    pub const AND: u8 = 7;
+    pub const FADD32: u8 = 8;
+    pub const FMUL32: u8 = 9;
+    pub const MULWIDE_U32: u8 = 10;
+    pub const SUB32: u8 = 11;
+    pub const OR: u8 = 12;
+    pub const FFMA32: u8 = 1;
+    pub const MAD32: u8 = 2;
+}
+
+// Comparing function addresses is only used to recognise a few functions: a miss just means
+// the generic path runs, and a hit is the very function.
+#[allow(unpredictable_function_pointer_comparisons)]
+fn hot_bin(f: F2) -> u8 {
+    use ops::*;
+    let table: [(F2, u8); 14] = [
+        (add::<u32>, hot::ADD32),
+        (add::<i32>, hot::ADD32),
+        (add::<u64>, hot::ADD64),
+        (add::<i64>, hot::ADD64),
+        (mullo::<u32>, hot::MUL32),
+        (mullo::<i32>, hot::MUL32),
+        (mulwide::<i32>, hot::MULWIDE_S32),
+        (mulwide::<u32>, hot::MULWIDE_U32),
+        (shl::<32>, hot::SHL32),
+        (shl::<64>, hot::SHL64),
+        (and, hot::AND),
+        (or, hot::OR),
+        (fadd32, hot::FADD32),
+        (fmul32, hot::FMUL32),
+    ];
+    for (g, k) in table {
+        if f == g {
+            return k;
+        }
+    }
+    if f == sub::<u32> as F2 || f == sub::<i32> as F2 {
+        return hot::SUB32;
+    }
+    0
+}
+
+#[allow(unpredictable_function_pointer_comparisons)]
+fn hot_tern(f: F3) -> u8 {
+    use ops::*;
+    if f == ffma32 as F3 {
+        hot::FFMA32
+    } else if f == madlo::<u32> as F3 || f == madlo::<i32> as F3 {
+        hot::MAD32
+    } else {
+        0
+    }
 }

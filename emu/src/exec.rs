@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::decode::{Addr, BoolOp, Op, PSrc, Program, Space, Src, Sreg, CC_REG, LOCAL_WIN, NOREG, PARAM_WIN, SHARED_WIN, WIN_SIZE};
+use crate::decode::{hot, Addr, BoolOp, Op, PSrc, Program, Space, Src, Sreg, CC_REG, LOCAL_WIN, NOREG, PARAM_WIN, SHARED_WIN, WIN_SIZE};
 use crate::error::EmuError;
 use crate::memory::{Allocation, DeviceMemory};
 use crate::module::Module;
@@ -761,29 +761,57 @@ fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
             Op::Un { d, a, f } => each_lane!(mask, l, {
                 w.regs[d as usize * 32 + l] = f(v!(a, l));
             }),
-            Op::Bin { d, a, b, f } => {
-                let d = d as usize * 32;
-                match (a, b) {
-                    (Src::R(ra), Src::R(rb)) => {
-                        let (ra, rb) = (ra as usize * 32, rb as usize * 32);
-                        each_lane!(mask, l, {
-                            w.regs[d + l] = f(w.regs[ra + l], w.regs[rb + l]);
-                        })
-                    }
-                    (Src::R(ra), Src::I(ib)) => {
-                        let ra = ra as usize * 32;
-                        each_lane!(mask, l, {
-                            w.regs[d + l] = f(w.regs[ra + l], ib);
-                        })
-                    }
-                    _ => each_lane!(mask, l, {
-                        w.regs[d + l] = f(v!(a, l), v!(b, l));
-                    }),
+            Op::Bin { d, a, b, f, k } => {
+                let (av, bv) = (gather(ctx, &cta_ro, w, a), gather(ctx, &cta_ro, w, b));
+                let mut out = [0u64; 32];
+                macro_rules! lanes2 {
+                    (|$x:ident, $y:ident| $e:expr) => {
+                        for l in 0..32 {
+                            let ($x, $y) = (av[l], bv[l]);
+                            out[l] = $e;
+                        }
+                    };
                 }
+                match k {
+                    hot::ADD32 => lanes2!(|x, y| (x as u32).wrapping_add(y as u32) as u64),
+                    hot::ADD64 => lanes2!(|x, y| x.wrapping_add(y)),
+                    hot::SUB32 => lanes2!(|x, y| (x as u32).wrapping_sub(y as u32) as u64),
+                    hot::MUL32 => lanes2!(|x, y| (x as u32).wrapping_mul(y as u32) as u64),
+                    hot::MULWIDE_S32 => lanes2!(|x, y| ((x as u32 as i32 as i64) * (y as u32 as i32 as i64)) as u64),
+                    hot::MULWIDE_U32 => lanes2!(|x, y| (x & 0xffff_ffff) * (y & 0xffff_ffff)),
+                    hot::SHL32 => lanes2!(|x, y| if (y as u32) < 32 { (x << y) & 0xffff_ffff } else { 0 }),
+                    hot::SHL64 => lanes2!(|x, y| if (y as u32) < 64 { x << y } else { 0 }),
+                    hot::AND => lanes2!(|x, y| x & y),
+                    hot::OR => lanes2!(|x, y| x | y),
+                    hot::FADD32 => lanes2!(|x, y| (f32::from_bits(x as u32) + f32::from_bits(y as u32)).to_bits() as u64),
+                    hot::FMUL32 => lanes2!(|x, y| (f32::from_bits(x as u32) * f32::from_bits(y as u32)).to_bits() as u64),
+                    _ => lanes2!(|x, y| f(x, y)),
+                }
+                scatter(w, d, &out, mask);
             }
-            Op::Tern { d, a, b, c, f } => each_lane!(mask, l, {
-                w.regs[d as usize * 32 + l] = f(v!(a, l), v!(b, l), v!(c, l));
-            }),
+            Op::Tern { d, a, b, c, f, k } => {
+                let (av, bv, cv) = (gather(ctx, &cta_ro, w, a), gather(ctx, &cta_ro, w, b), gather(ctx, &cta_ro, w, c));
+                let mut out = [0u64; 32];
+                match k {
+                    hot::FFMA32 => {
+                        for l in 0..32 {
+                            let r = fma32(f32::from_bits(av[l] as u32), f32::from_bits(bv[l] as u32), f32::from_bits(cv[l] as u32));
+                            out[l] = r.to_bits() as u64;
+                        }
+                    }
+                    hot::MAD32 => {
+                        for l in 0..32 {
+                            out[l] = (av[l] as u32).wrapping_mul(bv[l] as u32).wrapping_add(cv[l] as u32) as u64;
+                        }
+                    }
+                    _ => {
+                        for l in 0..32 {
+                            out[l] = f(av[l], bv[l], cv[l]);
+                        }
+                    }
+                }
+                scatter(w, d, &out, mask);
+            }
             Op::Quad { d, a, b, c, e, f } => each_lane!(mask, l, {
                 w.regs[d as usize * 32 + l] = f(v!(a, l), v!(b, l), v!(c, l), v!(e, l));
             }),
@@ -1328,6 +1356,40 @@ fn fast_store(w: &mut Warp, mem: &mut Mem, sp: Space, a: Addr, s: Src, size: u8,
         }
         _ => false,
     }
+}
+
+/// An operand's value in all 32 lanes.
+#[inline(always)]
+fn gather(ctx: &Ctx, cta: &Cta, w: &Warp, s: Src) -> [u64; 32] {
+    match s {
+        Src::R(r) => {
+            let r = r as usize * 32;
+            w.regs[r..r + 32].try_into().expect("32 lanes")
+        }
+        Src::I(x) => [x; 32],
+        Src::S(sr) => std::array::from_fn(|l| sreg(ctx, cta, w, sr, l)),
+    }
+}
+
+/// Writes the lanes of `mask` of register `d`.
+#[inline(always)]
+fn scatter(w: &mut Warp, d: u32, out: &[u64; 32], mask: u32) {
+    let d = d as usize * 32;
+    let dst = &mut w.regs[d..d + 32];
+    if mask == u32::MAX {
+        dst.copy_from_slice(out);
+    } else {
+        each_lane!(mask, l, {
+            dst[l] = out[l];
+        });
+    }
+}
+
+/// Fused multiply-add with one rounding (the hardware instruction where the build
+/// enables it, libm's exact fmaf otherwise).
+#[inline(always)]
+fn fma32(a: f32, b: f32, c: f32) -> f32 {
+    a.mul_add(b, c)
 }
 
 #[inline(always)]
