@@ -161,6 +161,7 @@ export! {
 export! {
     /// The undocumented tables libcudart asks for by UUID: see [`crate::export_tables`].
     fn cuGetExportTable(table: *mut *const c_void, id: *const [u8; 16]) {
-        crate::export_tables::get_export_table(table, id)
+        // SAFETY: const void** and const CUuuid* arguments (driver API contract).
+        unsafe { crate::export_tables::get_export_table(table, id) }
     }
 }

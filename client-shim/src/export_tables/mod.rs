@@ -371,7 +371,10 @@ pub fn lookup(id: &Uuid) -> Option<*const c_void> {
 /// UUID without a table gets a NULL table and `CUDA_ERROR_INVALID_VALUE`, as from the real
 /// driver (and ZLUDA); it is named once on stderr, except the one libcudart is known to go on
 /// without.
-pub fn get_export_table(table: *mut *const c_void, id: *const Uuid) -> Result<(), CuError> {
+///
+/// # Safety
+/// `table` is null or valid for a pointer write; `id` is null or points to 16 readable bytes.
+pub unsafe fn get_export_table(table: *mut *const c_void, id: *const Uuid) -> Result<(), CuError> {
     if table.is_null() || id.is_null() {
         return Err(CuError::INVALID_VALUE);
     }
@@ -384,10 +387,7 @@ pub fn get_export_table(table: *mut *const c_void, id: *const Uuid) -> Result<()
         }
         None => {
             if id != OPTIONAL_F8CFF951 || crate::debug() {
-                log_once(format!(
-                    "cuwire: cuGetExportTable({}) is not provided; returning CUDA_ERROR_INVALID_VALUE",
-                    uuid_text(&id)
-                ));
+                log_once(format!("cuwire: cuGetExportTable({}) is not provided; returning CUDA_ERROR_INVALID_VALUE", uuid_text(&id)));
             }
             // SAFETY: as above.
             unsafe { ffi::write(table, std::ptr::null())? };
@@ -402,7 +402,9 @@ mod tests {
 
     #[test]
     fn tables_start_with_their_size() {
-        for (id, entries) in [(CUDART_INTERFACE, 13), (TOOLS_TLS, 4), (TOOLS_HOOKS, 7), (CONTEXT_CHECKS, 4), (INTEGRITY_CHECK, 3), (UNKNOWN_21318C60, 16)] {
+        for (id, entries) in
+            [(CUDART_INTERFACE, 13), (TOOLS_TLS, 4), (TOOLS_HOOKS, 7), (CONTEXT_CHECKS, 4), (INTEGRITY_CHECK, 3), (UNKNOWN_21318C60, 16)]
+        {
             let t = lookup(&id).expect("known table") as *const usize;
             // SAFETY: every table is a static array with at least one entry.
             assert_eq!(unsafe { *t }, entries * 8, "{}", uuid_text(&id));
@@ -418,12 +420,14 @@ mod tests {
 
     #[test]
     fn unknown_uuid_is_invalid_value_with_null_table() {
-        let mut table: *const c_void = 1 as *const c_void;
+        let mut table: *const c_void = std::ptr::dangling();
         let id: Uuid = [0xee; 16];
-        assert_eq!(get_export_table(&mut table, &id), Err(CuError::INVALID_VALUE));
+        // SAFETY: valid pointers.
+        assert_eq!(unsafe { get_export_table(&mut table, &id) }, Err(CuError::INVALID_VALUE));
         assert!(table.is_null());
         let mut table: *const c_void = std::ptr::null();
-        assert_eq!(get_export_table(&mut table, &CUDART_INTERFACE), Ok(()));
+        // SAFETY: valid pointers.
+        assert_eq!(unsafe { get_export_table(&mut table, &CUDART_INTERFACE) }, Ok(()));
         assert_eq!(table, CUDART_TABLE.as_ptr());
     }
 
