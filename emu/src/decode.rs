@@ -1484,7 +1484,12 @@ fn bin_fn(md: &Mods, ty: &str) -> Option<F2> {
         "add" => by_int!(ty, add),
         "sub" => by_int!(ty, sub),
         "mul" if md.has("hi") => by_int!(ty, mulhi),
-        "mul" if md.has("wide") => by_int!(ty, mulwide),
+        "mul" if md.has("wide") => {
+            if bits > 32 {
+                return None;
+            }
+            by_int!(ty, mulwide)
+        }
         "mul" => by_int!(ty, mullo),
         "mul24" => match (ty, md.has("hi")) {
             ("u32", false) => Some(|a: u64, b: u64| ((a & 0xff_ffff) * (b & 0xff_ffff)) & 0xffff_ffff),
@@ -1542,7 +1547,12 @@ fn tern_fn(md: &Mods, ty: &str) -> Option<F3> {
     }
     match md.base {
         "mad" if md.has("hi") => by_int!(ty, madhi),
-        "mad" if md.has("wide") => by_int!(ty, madwide),
+        "mad" if md.has("wide") => {
+            if type_size(ty)? > 4 {
+                return None;
+            }
+            by_int!(ty, madwide)
+        }
         "mad" if md.has("sat") => {
             let f: F3 = |a, b, c| {
                 let p = (a as u32 as i32 as i64) * (b as u32 as i32 as i64);

@@ -648,7 +648,7 @@ impl Mem<'_, '_> {
     fn cstr(&self, w: &mut Warp, addr: u64, lane: usize, line: u32) -> Result<Vec<u8>, EmuError> {
         let mut out = Vec::new();
         for i in 0..4096u64 {
-            let b = self.load(w, Space::Generic, addr + i, 1, lane, line)? as u8;
+            let b = self.load(w, Space::Generic, addr.wrapping_add(i), 1, lane, line)? as u8;
             if b == 0 {
                 break;
             }
@@ -1163,7 +1163,7 @@ fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
                 let mut r = 0u64;
                 let m = if width >= 64 { u64::MAX } else { (1u64 << width) - 1 };
                 for (k, sv) in s.iter().enumerate().take(n as usize) {
-                    r |= (v!(*sv, l) & m) << (k as u32 * width as u32);
+                    r |= (v!(*sv, l) & m).checked_shl(k as u32 * width as u32).unwrap_or(0);
                 }
                 w.regs[d as usize * 32 + l] = r;
             }),
@@ -1171,7 +1171,7 @@ fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
                 let x = v!(a, l);
                 let m = if width >= 64 { u64::MAX } else { (1u64 << width) - 1 };
                 for (k, dr) in d.iter().enumerate().take(n as usize) {
-                    w.regs[*dr as usize * 32 + l] = (x >> (k as u32 * width as u32)) & m;
+                    w.regs[*dr as usize * 32 + l] = x.checked_shr(k as u32 * width as u32).unwrap_or(0) & m;
                 }
             }),
             Op::Printf { ret, fmt, args } => {
@@ -1496,7 +1496,7 @@ fn do_printf(ctx: &Ctx, mem: &mut Mem, w: &mut Warp, l: usize, ret: u32, fmt: u3
             }
         };
         argoff = argoff.div_ceil(size) * size;
-        let raw = if ap == 0 { 0 } else { mem.load(w, Space::Generic, ap + argoff, size as u8, l, line)? };
+        let raw = if ap == 0 { 0 } else { mem.load(w, Space::Generic, ap.wrapping_add(argoff), size as u8, l, line)? };
         argoff += size;
         nargs += 1;
         let text = match conv {

@@ -202,7 +202,9 @@ fn write_init(mem: &DeviceMemory, addr: u64, v: &ptx::VarDecl, syms: &HashMap<St
                 g.addr.wrapping_add(*off as u64)
             }
         };
-        bytes.extend_from_slice(&bits.to_le_bytes()[..es]);
+        let b = bits.to_le_bytes();
+        bytes.extend_from_slice(&b[..es.min(8)]);
+        bytes.resize(bytes.len() + es.saturating_sub(8), 0);
     }
     let size = v.size() as usize;
     bytes.truncate(size);

@@ -236,3 +236,43 @@ fn fatbinary_with_ptx_loads() {
     let truncated = &img[..img.len() / 2];
     assert!(Module::load(truncated, &m).is_err());
 }
+
+#[test]
+fn wide_multiply_of_64_bit_types_is_refused() {
+    let m = mem();
+    for op in ["mul.wide.u64 %rd1, %rd2, %rd3;", "mad.wide.s64 %rd1, %rd2, %rd3, %rd1;"] {
+        let src = format!(".version 8.0\n.target sm_80\n.address_size 64\n.visible .entry k()\n{{\n.reg .b64 %rd<4>;\n{op}\nret;\n}}\n");
+        let e = Module::load(src.as_bytes(), &m).unwrap_err();
+        assert!(e.to_string().contains("line 7"), "{e}");
+    }
+}
+
+#[test]
+fn odd_but_valid_ptx_does_not_panic() {
+    let m = mem();
+    let src = r#"
+.version 8.0
+.target sm_80
+.address_size 64
+.global .b128 wide_init = 5;
+.visible .entry k(.param .u64 p)
+{
+    .reg .b64 %rd<4>;
+    .reg .b32 %r<4>;
+    ld.param.u64 %rd1, [p];
+    mov.b64 %rd2, {%r1, %r2};
+    mov.b64 {%r1, %r2}, %rd2;
+    st.global.u32 [%rd1], %r1;
+    ret;
+}
+"#;
+    let md = Module::load(src.as_bytes(), &m).unwrap();
+    let g = md.global("wide_init").unwrap();
+    assert_eq!(g.size, 16);
+    assert_eq!(down_u64(&m, g.addr, 2), vec![5, 0]);
+    let p = zeros(&m, 4);
+    launch(&md, "k", &cfg1(1, 32), &Args::new().u64(p).0, &m, &opts(1)).unwrap();
+    // a pointer near the top of the address space faults instead of overflowing
+    let e = launch(&md, "k", &cfg1(1, 32), &Args::new().u64(u64::MAX - 1).0, &m, &opts(1)).unwrap_err();
+    assert!(matches!(e, EmuError::IllegalAddress(_) | EmuError::MisalignedAddress(_)), "{e}");
+}
