@@ -1446,6 +1446,8 @@ fn bin_fn(md: &Mods, ty: &str) -> Option<F2> {
             ("sub", "f64", _) => fsub64,
             ("mul", "f64", _) => fmul64,
             ("div", "f64", _) => fdiv64,
+            ("min", "f32", _) if md.has("NaN") => |a, b| nan_or::<f32>(a, b, gmin::<f32>),
+            ("max", "f32", _) if md.has("NaN") => |a, b| nan_or::<f32>(a, b, gmax::<f32>),
             ("min", "f32", _) => gmin::<f32>,
             ("max", "f32", _) => gmax::<f32>,
             ("min", "f64", _) => gmin::<f64>,

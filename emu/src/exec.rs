@@ -176,7 +176,9 @@ pub fn launch(
         start: now,
         instrs: AtomicU64::new(0),
     };
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    // available_parallelism reads cgroup files on every call: ask once.
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let want = if opts.worker_threads == 0 { cores } else { opts.worker_threads };
     let workers = (want as u64).min(total_ctas).max(1) as usize;
     if workers == 1 {

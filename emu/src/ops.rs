@@ -450,6 +450,14 @@ pub fn gmax<T: FltT>(a: u64, b: u64) -> u64 {
         b
     }
 }
+/// `min.NaN`/`max.NaN`: a NaN operand gives the canonical NaN.
+pub fn nan_or<T: FltT>(a: u64, b: u64, f: F2) -> u64 {
+    if T::fb(a).f().is_nan() || T::fb(b).f().is_nan() {
+        T::from_f64(f64::NAN).tb()
+    } else {
+        f(a, b)
+    }
+}
 pub fn gsat<T: FltT>(a: u64) -> u64 {
     let x = T::fb(a).f();
     if x.is_nan() || x <= 0.0 {
