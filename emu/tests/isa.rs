@@ -140,7 +140,8 @@ fn float_compare_and_convert() {
         ];
         assert_eq!(o, want.iter().map(|&w| w as u32).collect::<Vec<_>>(), "{x} vs {y}");
     }
-    let conv: [(&str, fn(f32) -> u32); 10] = [
+    type Reference = fn(f32) -> u32;
+    let conv: [(&str, Reference); 10] = [
         ("cvt.rni.s32.f32 %r1, %fa;", |x: f32| x.round_ties_even() as i32 as u32),
         ("cvt.rzi.s32.f32 %r1, %fa;", |x: f32| x.trunc() as i32 as u32),
         ("cvt.rmi.s32.f32 %r1, %fa;", |x: f32| x.floor() as i32 as u32),
