@@ -232,11 +232,24 @@ impl Module {
             }
             return Err(first_err.unwrap_or_else(|| image_text(image).unwrap_err()));
         }
-        let text = image_text(image)?;
-        if !text.contains(".version") && !text.contains(".entry") && !text.contains(".func") {
-            return Err(EmuError::InvalidPtx("the image does not look like PTX text".into()));
+        image_text(image)?; // refuses binary formats with a clear message
+                            // Several PTX texts separated by NUL bytes form one linked module (what a
+                            // cuLinkAddData/cuLinkComplete sequence amounts to): declarations of one are
+                            // resolved against the definitions of the others.
+        let mut parts = Vec::new();
+        for (i, chunk) in image.split(|&b| b == 0).enumerate() {
+            let looks_like_ptx = |t: &str| t.contains(".version") || t.contains(".entry") || t.contains(".func");
+            let text = match std::str::from_utf8(chunk) {
+                Ok(t) if looks_like_ptx(t) => t,
+                // bytes after the terminating NUL of the first text are ignored unless they
+                // are PTX themselves
+                _ if i > 0 => continue,
+                Ok(_) => return Err(EmuError::InvalidPtx("the image does not look like PTX text".into())),
+                Err(e) => return Err(EmuError::InvalidPtx(format!("the image is not PTX text: {e}"))),
+            };
+            parts.push(ptx::parse(text)?);
         }
-        let m = ptx::parse(text)?;
+        let m = ptx::link(parts)?;
         let mut globals = HashMap::new();
         let mut allocations = Vec::new();
         let mut const_bytes = 0u64;

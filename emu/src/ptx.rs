@@ -886,3 +886,39 @@ pub fn parse(src: &str) -> Result<PtxModule, EmuError> {
     let mut p = Parser { t, i: 0 };
     p.module()
 }
+
+/// Links several parsed PTX modules into one: a function or variable defined in one
+/// satisfies `.extern` declarations of the others; two definitions of one name are an error
+/// (except `.weak`/`.common` ones, of which the first wins).
+pub fn link(parts: Vec<PtxModule>) -> Result<PtxModule, EmuError> {
+    let mut it = parts.into_iter();
+    let Some(mut out) = it.next() else {
+        return Err(EmuError::InvalidPtx("the image holds no PTX".into()));
+    };
+    for m in it {
+        out.version = out.version.max(m.version);
+        for f in m.funcs {
+            match out.funcs.iter().position(|g| g.name == f.name) {
+                Some(i) => {
+                    if out.funcs[i].body.is_none() {
+                        out.funcs[i] = f;
+                    } else if f.body.is_some() && f.is_entry {
+                        return Err(EmuError::InvalidPtx(format!("line {}: kernel {} is defined twice", f.line, f.name)));
+                    }
+                }
+                None => out.funcs.push(f),
+            }
+        }
+        for v in m.vars {
+            match out.vars.iter().position(|w| w.name == v.name) {
+                Some(i) => {
+                    if out.vars[i].is_extern && !v.is_extern {
+                        out.vars[i] = v;
+                    }
+                }
+                None => out.vars.push(v),
+            }
+        }
+    }
+    Ok(out)
+}

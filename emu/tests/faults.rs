@@ -276,3 +276,56 @@ fn odd_but_valid_ptx_does_not_panic() {
     let e = launch(&md, "k", &cfg1(1, 32), &Args::new().u64(u64::MAX - 1).0, &m, &opts(1)).unwrap_err();
     assert!(matches!(e, EmuError::IllegalAddress(_) | EmuError::MisalignedAddress(_)), "{e}");
 }
+
+#[test]
+fn nul_separated_ptx_texts_link_into_one_module() {
+    let m = mem();
+    let lib = r#"
+.version 8.0
+.target sm_80
+.address_size 64
+.visible .global .align 4 .u32 bias = 7;
+.visible .func (.param .b32 r) twice(.param .b32 x)
+{
+    .reg .b32 %r<3>;
+    ld.param.u32 %r1, [x];
+    shl.b32 %r2, %r1, 1;
+    st.param.b32 [r], %r2;
+    ret;
+}
+"#;
+    let kernel = r#"
+.version 8.0
+.target sm_80
+.address_size 64
+.extern .global .align 4 .u32 bias;
+.extern .func (.param .b32 r) twice(.param .b32 x);
+.visible .entry k(.param .u64 out)
+{
+    .reg .b32 %r<4>;
+    .reg .b64 %rd<2>;
+    ld.param.u64 %rd1, [out];
+    mov.u32 %r1, %tid.x;
+    {
+    .param .b32 p0;
+    st.param.b32 [p0], %r1;
+    .param .b32 r0;
+    call.uni (r0), twice, (p0);
+    ld.param.b32 %r2, [r0];
+    }
+    ld.global.u32 %r3, [bias];
+    add.s32 %r2, %r2, %r3;
+    mul.wide.u32 %rd0, %r1, 4;
+    add.s64 %rd1, %rd1, %rd0;
+    st.global.u32 [%rd1], %r2;
+    ret;
+}
+"#;
+    let image = format!("{kernel}\0{lib}\0");
+    // only the kernel: the extern function has no body
+    assert!(Module::load(kernel.as_bytes(), &m).is_err());
+    let md = Module::load(image.as_bytes(), &m).unwrap();
+    let out = zeros(&m, 4 * 32);
+    launch(&md, "k", &cfg1(1, 32), &Args::new().u64(out).0, &m, &opts(1)).unwrap();
+    assert_eq!(down_u32(&m, out, 32), (0..32).map(|i| 2 * i + 7).collect::<Vec<u32>>());
+}
