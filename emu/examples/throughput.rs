@@ -126,4 +126,20 @@ fn main() {
         }
         println!("{:<28} wall-clock scaling 1 -> 2 workers: {:.2}x", "", rates[1] / rates[0]);
     }
+
+    // launch overhead: a one-block saxpy, as a latency benchmark would issue it
+    let case = &cases[0];
+    let mut p = case.params.clone();
+    p[0..4].copy_from_slice(&32u32.to_le_bytes());
+    let small = LaunchConfig { grid: [1, 1, 1], block: [32, 1, 1], shared_mem_bytes: 0 };
+    let opts = ExecOptions::default();
+    for _ in 0..100 {
+        launch(&case.module, case.kernel, &small, &p, &mem, &opts).unwrap();
+    }
+    let t = Instant::now();
+    let n = 10_000;
+    for _ in 0..n {
+        launch(&case.module, case.kernel, &small, &p, &mem, &opts).unwrap();
+    }
+    println!("launch of a 1x32-thread saxpy: {:.2} us per launch", t.elapsed().as_secs_f64() * 1e6 / n as f64);
 }

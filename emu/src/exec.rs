@@ -128,7 +128,7 @@ fn validate(module: &Module, kernel: &str, cfg: &LaunchConfig, params: &[u8]) ->
     // worker may have to allocate for a CTA
     let per_thread = k.prog.nregs as u64 * 8 + k.prog.local_bytes as u64;
     let cta_bytes = per_thread * threads.div_ceil(32) * 32;
-    if cta_bytes > MAX_CTA_STATE_BYTES {
+    if cta_bytes > MAX_CTA_STATE_BYTES.max(per_thread * 32) {
         return Err(EmuError::OutOfResources(format!(
             "{threads} threads x {per_thread} bytes of registers and local memory exceed the emulator's {} MiB per block",
             MAX_CTA_STATE_BYTES >> 20

@@ -168,6 +168,9 @@ fn hostile_sizes_are_refused_not_allocated() {
     let local = ".version 8.0\n.target sm_80\n.address_size 64\n.visible .entry k()\n{\n.local .align 8 .b8 big[400000];\nret;\n}\n";
     let md = Module::load(local.as_bytes(), &m).unwrap();
     assert_eq!(launch(&md, "k", &cfg1(1, 1024), &[], &m, &opts(1)).unwrap_err().cuda_code(), 701);
+    let maxt = md.kernel("k").unwrap().attrs.max_threads_per_block;
+    assert!((32..1024).contains(&maxt), "{maxt}");
+    launch(&md, "k", &cfg1(1, maxt as u32), &[], &m, &opts(1)).unwrap();
     launch(&md, "k", &cfg1(2, 32), &[], &m, &opts(1)).unwrap();
 }
 
