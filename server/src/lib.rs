@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod config;
 pub mod dev;
+pub mod fatbin;
 pub mod listener;
 pub mod pool;
 pub mod session;

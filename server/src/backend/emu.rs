@@ -388,6 +388,24 @@ impl Backend for EmuBackend {
 
     fn module_load(&self, ctx: Id, image: &[u8]) -> CuResult<LoadedModule> {
         let c = self.ctx(ctx)?;
+        // A fatbinary: run the PTX the driver would choose for this device's architecture.
+        let ptx;
+        let image = if crate::fatbin::is_fatbin(image) {
+            let (ma, mi) = self.cfg.compute_capability;
+            let (_, text) = crate::fatbin::best_ptx(image, (ma * 10 + mi) as u32).map_err(|e| {
+                tracing::info!(error = %e, "module load refused");
+                match e {
+                    crate::fatbin::FatbinError::NoPtx { .. } | crate::fatbin::FatbinError::Unsupported(_) => {
+                        CuError(cuda::CUDA_ERROR_NO_BINARY_FOR_GPU)
+                    }
+                    _ => CuError::INVALID_IMAGE,
+                }
+            })?;
+            ptx = text;
+            &ptx[..]
+        } else {
+            image
+        };
         let module = Module::load(image, &c.mem).map_err(|e| {
             tracing::info!(error = %e, "module load refused");
             err(e)
