@@ -757,9 +757,10 @@ fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
         let mask = w.active & w.pval(ins.guard);
         count += mask.count_ones() as u64;
         match ins.op {
-            Op::Mov { d, a } => each_lane!(mask, l, {
-                w.regs[d as usize * 32 + l] = v!(a, l);
-            }),
+            Op::Mov { d, a } => {
+                let av = gather(ctx, &cta_ro, w, a);
+                scatter(w, d, &av, mask);
+            }
             Op::Un { d, a, f } => each_lane!(mask, l, {
                 w.regs[d as usize * 32 + l] = f(v!(a, l));
             }),
@@ -822,17 +823,17 @@ fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
             }),
             Op::Setp { p, q, a, b, f, comb: cb } => {
                 let cv = cb.map(|(_, s)| w.pval(s)).unwrap_or(0);
-                let mut pm = 0u32;
-                let mut qm = 0u32;
-                each_lane!(mask, l, {
-                    let r = f(v!(a, l), v!(b, l));
-                    if comb(r, cb, cv, l) {
-                        pm |= 1 << l;
-                    }
-                    if comb(!r, cb, cv, l) {
-                        qm |= 1 << l;
-                    }
-                });
+                let (av, bv) = (gather(ctx, &cta_ro, w, a), gather(ctx, &cta_ro, w, b));
+                let mut r = 0u32;
+                for l in 0..32 {
+                    r |= (f(av[l], bv[l]) as u32) << l;
+                }
+                let (pm, qm) = match cb {
+                    None => (r & mask, !r & mask),
+                    Some((BoolOp::And, _)) => (r & cv & mask, !r & cv & mask),
+                    Some((BoolOp::Or, _)) => ((r | cv) & mask, (!r | cv) & mask),
+                    Some((BoolOp::Xor, _)) => ((r ^ cv) & mask, (!r ^ cv) & mask),
+                };
                 if p != NOREG {
                     let o = &mut w.preds[p as usize];
                     *o = (*o & !mask) | pm;

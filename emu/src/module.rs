@@ -302,13 +302,9 @@ impl Module {
                 // bound allows (so the attribute agrees with launch validation)
                 let per_thread = prog.nregs as u64 * 8 + prog.local_bytes as u64;
                 let by_state = (crate::exec::MAX_CTA_STATE_BYTES / per_thread.max(1) / 32 * 32).clamp(32, 1024);
-                let maxthreads = f
-                    .reqntid
-                    .or(f.maxntid)
-                    .map(|d| d.iter().map(|&x| x as u64).product::<u64>())
-                    .unwrap_or(1024)
-                    .min(1024)
-                    .min(by_state) as i32;
+                let maxthreads =
+                    f.reqntid.or(f.maxntid).map(|d| d.iter().map(|&x| x as u64).product::<u64>()).unwrap_or(1024).min(1024).min(by_state)
+                        as i32;
                 let attrs = FuncAttributes {
                     max_threads_per_block: maxthreads,
                     shared_size_bytes: prog.static_shared as i32,
