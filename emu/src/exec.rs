@@ -150,6 +150,35 @@ pub fn launch(
     mem: &Arc<DeviceMemory>,
     opts: &ExecOptions,
 ) -> Result<LaunchOutput, EmuError> {
+    let (r, out) = launch_with_output(module, kernel, cfg, params, mem, opts);
+    r.map(|_| out)
+}
+
+/// Like [`launch`], but also returns the output of a launch that failed: the device printf
+/// text produced before the fault and, for a failed `assert`, the line a GPU prints
+/// (`file:line: function: block: [..], thread: [..] Assertion `expr` failed.`).
+pub fn launch_with_output(
+    module: &Module,
+    kernel: &str,
+    cfg: &LaunchConfig,
+    params: &[u8],
+    mem: &Arc<DeviceMemory>,
+    opts: &ExecOptions,
+) -> (Result<(), EmuError>, LaunchOutput) {
+    match launch_inner(module, kernel, cfg, params, mem, opts) {
+        Ok((r, out)) => (r, out),
+        Err(e) => (Err(e), LaunchOutput::default()),
+    }
+}
+
+fn launch_inner(
+    module: &Module,
+    kernel: &str,
+    cfg: &LaunchConfig,
+    params: &[u8],
+    mem: &Arc<DeviceMemory>,
+    opts: &ExecOptions,
+) -> Result<(Result<(), EmuError>, LaunchOutput), EmuError> {
     validate(module, kernel, cfg, params)?;
     let k = module.kernel_impl(kernel).expect("validated");
     let prog: &Program = &k.prog;
@@ -191,11 +220,9 @@ pub fn launch(
         }
     }
     let err = ctx.error.lock().unwrap_or_else(|e| e.into_inner()).take();
-    if let Some(e) = err {
-        return Err(e);
-    }
     let printf = std::mem::take(&mut *ctx.printf.lock().unwrap_or_else(|e| e.into_inner()));
-    Ok(LaunchOutput { printf, thread_instructions: ctx.instrs.load(Ordering::Relaxed) })
+    let out = LaunchOutput { printf, thread_instructions: ctx.instrs.load(Ordering::Relaxed) };
+    Ok((err.map_or(Ok(()), Err), out))
 }
 
 fn spawn_all<'s, 'a: 's>(s: &rayon::Scope<'s>, ctx: &'s Ctx<'a>, workers: usize) {
@@ -1187,8 +1214,17 @@ fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
             Op::AssertFail { msg, file, line, func } => {
                 if mask != 0 {
                     let l = mask.trailing_zeros() as usize;
-                    let e = assert_message(&mut mem, w, l, msg, file, line, func, ins.line);
-                    break Err(EmuError::Trap(format!("assertion failed in kernel {}: {e}", ctx.prog.name)).into_assert());
+                    let (m, f, ln, fun) = assert_message(&mut mem, w, l, msg, file, line, func, ins.line);
+                    let c = cta_ro.ctaid;
+                    let t: Vec<u64> = (0..3).map(|i| sreg(ctx, &cta_ro, w, Sreg::Tid(i), l)).collect();
+                    let text = format!(
+                        "{f}:{ln}: {fun}: block: [{},{},{}], thread: [{},{},{}] Assertion `{m}` failed.\n",
+                        c[0], c[1], c[2], t[0], t[1], t[2]
+                    );
+                    append_printf(ctx, text.as_bytes());
+                    break Err(
+                        EmuError::Trap(format!("assertion failed in kernel {}: `{m}` at {f}:{ln} in {fun}", ctx.prog.name)).into_assert()
+                    );
                 }
             }
         }
@@ -1431,7 +1467,16 @@ fn frame_u64(w: &Warp, ctx: &Ctx, lane: usize, off: u32) -> u64 {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn assert_message(mem: &mut Mem, w: &mut Warp, l: usize, msg: u32, file: u32, line: u32, func: u32, pl: u32) -> String {
+fn assert_message(
+    mem: &mut Mem,
+    w: &mut Warp,
+    l: usize,
+    msg: u32,
+    file: u32,
+    line: u32,
+    func: u32,
+    pl: u32,
+) -> (String, String, u32, String) {
     let ctx = mem.ctx;
     let s = |mem: &mut Mem, w: &mut Warp, off: u32| -> String {
         let p = frame_u64(w, ctx, l, off);
@@ -1441,7 +1486,13 @@ fn assert_message(mem: &mut Mem, w: &mut Warp, l: usize, msg: u32, file: u32, li
     let f = s(mem, w, file);
     let fun = s(mem, w, func);
     let ln = frame_u64(w, ctx, l, line) as u32;
-    format!("`{m}` at {f}:{ln} in {fun}")
+    (m, f, ln, fun)
+}
+
+fn append_printf(ctx: &Ctx, text: &[u8]) {
+    let mut buf = ctx.printf.lock().unwrap_or_else(|e| e.into_inner());
+    let room = MAX_PRINTF_BYTES.saturating_sub(buf.len());
+    buf.extend_from_slice(&text[..text.len().min(room)]);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1529,9 +1580,7 @@ fn do_printf(ctx: &Ctx, mem: &mut Mem, w: &mut Warp, l: usize, ret: u32, fmt: u3
             store_bytes(&mut w.local, o, 4, nargs);
         }
     }
-    let mut buf = ctx.printf.lock().unwrap_or_else(|e| e.into_inner());
-    let room = MAX_PRINTF_BYTES.saturating_sub(buf.len());
-    buf.extend_from_slice(&out[..out.len().min(room)]);
+    append_printf(ctx, &out);
     Ok(())
 }
 

@@ -35,7 +35,8 @@
 //! - Device `printf` (`vprintf`) text is returned in [`LaunchOutput::printf`], in the order
 //!   it was produced (lanes of a warp in lane order; CTAs interleave as they ran), capped
 //!   at 1 MiB per launch like the device's printf buffer. Print it at the next
-//!   synchronisation.
+//!   synchronisation. [`launch_with_output`] also returns the text of a launch that failed
+//!   (what was printed before the fault, and a GPU's `Assertion ... failed.` line).
 //! - Nothing panics on any input: hostile modules get `InvalidPtx`, hostile launches an
 //!   error (interpreter state per block is bounded, see [`exec::MAX_CTA_STATE_BYTES`]).
 //!
@@ -57,6 +58,6 @@ mod ops;
 mod ptx;
 
 pub use error::EmuError;
-pub use exec::{launch, ExecOptions, LaunchConfig, LaunchOutput};
+pub use exec::{launch, launch_with_output, ExecOptions, LaunchConfig, LaunchOutput};
 pub use memory::DeviceMemory;
 pub use module::{FuncAttributes, GlobalVar, KernelInfo, Module, ParamInfo};

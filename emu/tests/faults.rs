@@ -58,6 +58,11 @@ fn trap_and_assert() {
     let e = launch(&md, "asserter", &cfg1(1, 32), &Args::new().i32(30).0, &m, &opts(1)).unwrap_err();
     assert_eq!(e.cuda_code(), 710, "{e}");
     assert!(e.to_string().contains("v < 10"), "{e}");
+    let (r, out) = launch_with_output(&md, "asserter", &cfg1(2, 4), &Args::new().i32(30).0, &m, &opts(1));
+    assert_eq!(r.unwrap_err().cuda_code(), 710);
+    let text = String::from_utf8(out.printf).unwrap();
+    assert!(text.starts_with("faults.cu:"), "{text}");
+    assert!(text.contains("asserter: block: [0,0,0], thread: [0,0,0] Assertion `v < 10` failed."), "{text}");
 }
 
 const UNSUPPORTED: &str = r#"
