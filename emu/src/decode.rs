@@ -915,9 +915,6 @@ impl<'a> Dec<'a> {
                 if md.has("cc") || md.has("relu") {
                     return Err(unsup());
                 }
-                if md.base == "prmt" && md.all.iter().any(|m| matches!(*m, "f4e" | "b4e" | "rc8" | "ecl" | "ecr" | "rc16")) {
-                    return Err(unsup());
-                }
                 let d = self.reg(fr, &ops[0], line, name)?;
                 let (tb, tc) = match md.base {
                     "bfe" => ("u32", "u32"),
@@ -1579,6 +1576,12 @@ fn tern_fn(md: &Mods, ty: &str) -> Option<F3> {
             "s64" => Some(bfe::<i64> as F3),
             _ => None,
         },
+        "prmt" if md.has("f4e") => Some(prmt_mode::<0>),
+        "prmt" if md.has("b4e") => Some(prmt_mode::<1>),
+        "prmt" if md.has("rc8") => Some(prmt_mode::<2>),
+        "prmt" if md.has("ecl") => Some(prmt_mode::<3>),
+        "prmt" if md.has("ecr") => Some(prmt_mode::<4>),
+        "prmt" if md.has("rc16") => Some(prmt_mode::<5>),
         "prmt" => Some(prmt),
         "shf" => {
             let f: F3 = match (md.has("l"), md.has("clamp")) {

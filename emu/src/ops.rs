@@ -295,6 +295,26 @@ pub fn prmt(a: u64, b: u64, c: u64) -> u64 {
     }
     r
 }
+/// The named `prmt` modes: for each mode and selector `c[1:0]`, the source byte of
+/// d.b0..d.b3 (PTX ISA table, read right to left).
+pub fn prmt_mode<const MODE: usize>(a: u64, b: u64, c: u64) -> u64 {
+    const T: [[[u8; 4]; 4]; 6] = [
+        [[0, 1, 2, 3], [1, 2, 3, 4], [2, 3, 4, 5], [3, 4, 5, 6]], // f4e
+        [[0, 7, 6, 5], [1, 0, 7, 6], [2, 1, 0, 7], [3, 2, 1, 0]], // b4e
+        [[0, 0, 0, 0], [1, 1, 1, 1], [2, 2, 2, 2], [3, 3, 3, 3]], // rc8
+        [[0, 1, 2, 3], [1, 1, 2, 3], [2, 2, 2, 3], [3, 3, 3, 3]], // ecl
+        [[0, 0, 0, 0], [0, 1, 1, 1], [0, 1, 2, 2], [0, 1, 2, 3]], // ecr
+        [[0, 1, 0, 1], [2, 3, 2, 3], [0, 1, 0, 1], [2, 3, 2, 3]], // rc16
+    ];
+    let x = (a & 0xffff_ffff) | ((b & 0xffff_ffff) << 32);
+    let sel = T[MODE][(c & 3) as usize];
+    let mut r = 0u64;
+    for (i, s) in sel.iter().enumerate() {
+        r |= ((x >> (8 * *s as u64)) & 0xff) << (8 * i);
+    }
+    r
+}
+
 pub fn lop3(a: u64, b: u64, c: u64, lut: u64) -> u64 {
     let mut r = 0u64;
     for i in 0..8 {
@@ -854,6 +874,10 @@ mod tests {
         assert_eq!(rem::<i32>((-7i32) as u32 as u64, 2), (-1i32) as u32 as u64);
         assert_eq!(bfind::<u32>(0x10), 4);
         assert_eq!(lop3(0xf0, 0xcc, 0xaa, 0x80), 0x80);
+        assert_eq!(prmt_mode::<0>(0x44332211, 0x88776655, 1), 0x55443322);
+        assert_eq!(prmt_mode::<1>(0x44332211, 0x88776655, 0), 0x66778811);
+        assert_eq!(prmt_mode::<2>(0x44332211, 0, 2), 0x33333333);
+        assert_eq!(prmt_mode::<4>(0x44332211, 0, 1), 0x22222211);
     }
 
     #[test]
