@@ -66,6 +66,7 @@ struct Ctx<'a> {
     printf: Mutex<Vec<u8>>,
     next_cta: AtomicU64,
     total_ctas: u64,
+    workers: usize,
     deadline: Instant,
     watchdog: Duration,
     start: Instant,
@@ -185,7 +186,7 @@ fn launch_inner(
     let nthreads = cfg.block.iter().product::<u32>();
     let total_ctas = cfg.grid.iter().map(|&x| x as u64).product::<u64>();
     let now = Instant::now();
-    let ctx = Ctx {
+    let mut ctx = Ctx {
         prog,
         params,
         mem,
@@ -200,6 +201,7 @@ fn launch_inner(
         printf: Mutex::new(Vec::new()),
         next_cta: AtomicU64::new(0),
         total_ctas,
+        workers: 1,
         deadline: now + opts.watchdog,
         watchdog: opts.watchdog,
         start: now,
@@ -210,6 +212,7 @@ fn launch_inner(
     let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let want = if opts.worker_threads == 0 { cores } else { opts.worker_threads };
     let workers = (want as u64).min(total_ctas).max(1) as usize;
+    ctx.workers = workers;
     if workers == 1 {
         worker(&ctx, 0);
     } else {
@@ -394,14 +397,23 @@ fn worker(ctx: &Ctx, sm: u32) {
         sm: sm % NUM_SMS,
     };
     let mut count = 0u64;
+    // CTAs are taken in small runs of consecutive ids: neighbouring CTAs touch neighbouring
+    // memory, and one worker keeping them avoids sharing cache lines with another
+    let chunk = (ctx.total_ctas / (ctx.workers as u64 * 16)).clamp(1, 64);
+    let (mut next, mut end) = (0u64, 0u64);
     loop {
         if ctx.abort.load(Ordering::Relaxed) {
             break;
         }
-        let id = ctx.next_cta.fetch_add(1, Ordering::Relaxed);
-        if id >= ctx.total_ctas {
-            break;
+        if next == end {
+            next = ctx.next_cta.fetch_add(chunk, Ordering::Relaxed);
+            end = (next + chunk).min(ctx.total_ctas);
+            if next >= ctx.total_ctas {
+                break;
+            }
         }
+        let id = next;
+        next += 1;
         let gx = ctx.grid[0] as u64;
         let gy = ctx.grid[1] as u64;
         cta.ctaid = [(id % gx) as u32, ((id / gx) % gy) as u32, (id / (gx * gy)) as u32];
