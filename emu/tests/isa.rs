@@ -201,3 +201,48 @@ fn carries_and_64_bit() {
     let o = run_body(body, (-5i32) as u32, 0, 6);
     assert_eq!(o, vec![0, 0, u32::MAX, 4, (u64::MAX - 1) as u32, u32::MAX]);
 }
+
+#[test]
+fn warp_match_redux_activemask() {
+    let src = r#"
+.version 8.0
+.target sm_80
+.address_size 64
+.visible .entry k(.param .u64 out_p)
+{
+    .reg .pred %p<4>;
+    .reg .b32 %r<16>;
+    .reg .b64 %rd<4>;
+    ld.param.u64 %rd1, [out_p];
+    mov.u32 %r1, %laneid;
+    and.b32 %r2, %r1, 3;
+    match.any.sync.b32 %r3, %r2, -1;
+    redux.sync.add.u32 %r4, %r1, -1;
+    redux.sync.max.u32 %r5, %r2, -1;
+    setp.lt.u32 %p1, %r1, 20;
+    @!%p1 bra $L_skip;
+    activemask.b32 %r6;
+    vote.sync.uni.pred %p2, %p1, %r6;
+    selp.u32 %r7, 1, 0, %p2;
+$L_skip:
+    mul.wide.u32 %rd2, %r1, 16;
+    add.s64 %rd3, %rd1, %rd2;
+    st.global.v4.u32 [%rd3], {%r3, %r4, %r5, %r6};
+    ret;
+}
+"#;
+    let m = mem();
+    let md = Module::load(src.as_bytes(), &m).unwrap();
+    let out = zeros(&m, 16 * 32);
+    launch(&md, "k", &cfg1(1, 32), &Args::new().u64(out).0, &m, &opts(1)).unwrap();
+    let o = down_u32(&m, out, 4 * 32);
+    for l in 0..32u32 {
+        let same: u32 = (0..32).filter(|k| k % 4 == l % 4).fold(0, |a, k| a | (1 << k));
+        assert_eq!(o[l as usize * 4], same, "match.any lane {l}");
+        assert_eq!(o[l as usize * 4 + 1], (0..32).sum::<u32>());
+        assert_eq!(o[l as usize * 4 + 2], 3);
+        if l < 20 {
+            assert_eq!(o[l as usize * 4 + 3], (1 << 20) - 1, "activemask lane {l}");
+        }
+    }
+}
