@@ -102,3 +102,14 @@ fn saxpy_params_and_run() {
         }
     }
 }
+
+#[test]
+fn public_types_are_thread_safe() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<DeviceMemory>();
+    send_sync::<Module>();
+    send_sync::<KernelInfo>();
+    send_sync::<EmuError>();
+    send_sync::<LaunchOutput>();
+    send_sync::<ExecOptions>();
+}
