@@ -364,3 +364,29 @@ fn half_and_bfloat16() {
         assert_eq!(o[i * 4 + 3], (ha * ha).to_f32(), "f16x2 hi {i}");
     }
 }
+
+#[test]
+fn debug_build_ptx_runs() {
+    let m = mem();
+    let md = load(&m, "nvrtc_debug_switch.ptx");
+    let v: Vec<i32> = (0..64).map(|i| (i * 5) % 11 - 1).collect();
+    let (pv, po) = (up_i32(&m, &v), zeros(&m, 256));
+    run(&md, "sw", cfg1(1, 64), &Args::new().u64(pv).u64(po), &m);
+    let o = down_i32(&m, po, 64);
+    for i in 0..64 {
+        let x = v[i];
+        let r = match x {
+            0 => 11,
+            1 => 27,
+            2 => 5,
+            3 => 91,
+            4 => 13,
+            5 => 77,
+            6 => 3,
+            7 => 55,
+            _ => -1,
+        };
+        let acc: i32 = (0..x.max(0)).map(|k| k * r).sum();
+        assert_eq!(o[i], r * x + (x as u32).count_ones() as i32 + acc, "v={x}");
+    }
+}
