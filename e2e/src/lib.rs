@@ -152,15 +152,29 @@ impl Server {
     /// Starts `cuwired --dev <tmp>/certs --listen 127.0.0.1:0 ARGS…` and waits
     /// (at most 20 s) for `<tmp>/certs/env`, which cuwired writes once listening.
     pub fn start(args: &[&str]) -> Server {
-        let exe = cuwired_path();
         let tmp = tempfile::Builder::new().prefix("cuwire-e2e-").tempdir().expect("tempdir");
         let certs = tmp.path().join("certs");
+        Self::spawn(tmp, certs, "127.0.0.1:0", args)
+    }
+
+    /// Starts `cuwired --dev CERTS --listen LISTEN ARGS…` on an existing `--dev` directory (the
+    /// certificates there are kept, so clients of an earlier server on it are trusted), e.g. to
+    /// restart a killed server on the same address. A stale `CERTS/env` is removed first, so
+    /// the wait is for this server's. The log goes to a temporary directory of its own.
+    pub fn start_at(certs: &Path, listen: &str, args: &[&str]) -> Server {
+        let tmp = tempfile::Builder::new().prefix("cuwire-e2e-").tempdir().expect("tempdir");
+        let _ = fs::remove_file(certs.join("env"));
+        Self::spawn(tmp, certs.to_path_buf(), listen, args)
+    }
+
+    fn spawn(tmp: tempfile::TempDir, certs: PathBuf, listen: &str, args: &[&str]) -> Server {
+        let exe = cuwired_path();
         let log_path = tmp.path().join("cuwired.log");
         let log = fs::File::create(&log_path).expect("creating the server log");
         let mut cmd = Command::new(&exe);
         cmd.arg("--dev")
             .arg(&certs)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
@@ -235,6 +249,13 @@ impl Server {
     /// Whether the server process is still alive.
     pub fn is_running(&self) -> bool {
         matches!(self.child.lock().unwrap().try_wait(), Ok(None))
+    }
+
+    /// Kills the server with SIGKILL (no goodbye to anyone) and reaps it.
+    pub fn kill(&self) {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
@@ -416,23 +437,7 @@ pub fn run_client_timeout(
     extra_env: &[(&str, Option<&str>)],
     timeout: Duration,
 ) -> ClientOutput {
-    // Nothing from the test's own environment decides where the client goes.
-    for key in ["CUWIRE_SERVER", "CUWIRE_SERVER_NAME", "CUWIRE_CA", "CUWIRE_CERT", "CUWIRE_KEY", "LD_PRELOAD"] {
-        cmd.env_remove(key);
-    }
-    cmd.env("LD_LIBRARY_PATH", shim_dir());
-    for (k, v) in server_env {
-        if k.starts_with("CUWIRE_") {
-            cmd.env(k, v);
-        }
-    }
-    for (k, v) in extra_env {
-        match v {
-            Some(v) => cmd.env(k, v),
-            None => cmd.env_remove(k),
-        };
-    }
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    client_env(&mut cmd, server_env, extra_env);
     let description = format!("{cmd:?}");
     let start = Instant::now();
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("starting {description}: {e}"));
@@ -466,6 +471,141 @@ pub fn run_client_timeout(
     };
     let elapsed = start.elapsed();
     ClientOutput { status, stdout: out_reader.join().unwrap_or_default(), stderr: err_reader.join().unwrap_or_default(), elapsed }
+}
+
+/// Sets up a client command as [`run_client`] does: the shim on `LD_LIBRARY_PATH`, the
+/// `CUWIRE_*` settings of `server_env`, then `extra_env`; stdin null, stdout and stderr piped.
+fn client_env(cmd: &mut Command, server_env: &HashMap<String, String>, extra_env: &[(&str, Option<&str>)]) {
+    // Nothing from the test's own environment decides where the client goes.
+    for key in ["CUWIRE_SERVER", "CUWIRE_SERVER_NAME", "CUWIRE_CA", "CUWIRE_CERT", "CUWIRE_KEY", "LD_PRELOAD"] {
+        cmd.env_remove(key);
+    }
+    cmd.env("LD_LIBRARY_PATH", shim_dir());
+    for (k, v) in server_env {
+        if k.starts_with("CUWIRE_") {
+            cmd.env(k, v);
+        }
+    }
+    for (k, v) in extra_env {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+}
+
+/// A client process that keeps running while the test does other things: its stdout lines
+/// arrive one by one ([`Spawned::wait_for`], always with a time limit), and it is killed on drop.
+pub struct Spawned {
+    child: Child,
+    description: String,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+    stderr: Option<thread::JoinHandle<String>>,
+    started: Instant,
+}
+
+/// Starts a client set up as [`run_client`] does, without waiting for it.
+pub fn spawn_client(mut cmd: Command, server_env: &HashMap<String, String>, extra_env: &[(&str, Option<&str>)]) -> Spawned {
+    client_env(&mut cmd, server_env, extra_env);
+    let description = format!("{cmd:?}");
+    let started = Instant::now();
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("starting {description}: {e}"));
+    let out = child.stdout.take().expect("piped stdout");
+    let mut err = child.stderr.take().expect("piped stderr");
+    let (tx, lines) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let stderr = thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = err.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    });
+    Spawned { child, description, lines, seen: Vec::new(), stderr: Some(stderr), started }
+}
+
+impl Spawned {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Every stdout line read so far.
+    pub fn seen(&self) -> &[String] {
+        &self.seen
+    }
+
+    /// The next stdout line, or `None` at the end of the output or after `timeout`.
+    pub fn next_line(&mut self, timeout: Duration) -> Option<String> {
+        let line = self.lines.recv_timeout(timeout).ok()?;
+        self.seen.push(line.clone());
+        Some(line)
+    }
+
+    /// Reads stdout up to the first line starting with `prefix` and returns it; panics, with
+    /// everything seen, when the output ends or `timeout` passes first.
+    pub fn wait_for(&mut self, prefix: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_line(left) {
+                Some(l) if l.starts_with(prefix) => return l,
+                Some(_) => {}
+                None => panic!(
+                    "{} printed no line starting with {prefix:?} within {timeout:?}; stdout so far:\n{}",
+                    self.description,
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Kills the process (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits (at most `timeout`, then kills it and panics) for the process to exit and returns
+    /// what it printed: all of stdout, including the lines already read.
+    pub fn finish(mut self, timeout: Duration) -> ClientOutput {
+        let status = loop {
+            match self.child.try_wait().expect("waiting for the client") {
+                Some(status) => break status,
+                None if self.started.elapsed() > timeout => {
+                    self.kill();
+                    let err = self.stderr.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default();
+                    while self.next_line(Duration::from_millis(100)).is_some() {}
+                    panic!(
+                        "client {} did not finish within {timeout:?}; killed\n--- stdout ---\n{}\n--- stderr ---\n{err}",
+                        self.description,
+                        self.seen.join("\n")
+                    );
+                }
+                None => thread::sleep(Duration::from_millis(10)),
+            }
+        };
+        let elapsed = self.started.elapsed();
+        while self.next_line(Duration::from_secs(5)).is_some() {}
+        let stderr = self.stderr.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default();
+        let mut stdout = self.seen.join("\n");
+        stdout.push('\n');
+        ClientOutput { status, stdout, stderr, elapsed }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 #[cfg(test)]
