@@ -4,7 +4,13 @@
  * libcudart reaches the driver (the shim) through cuGetProcAddress and
  * cuGetExportTable, as every runtime program does.
  *
- *   runtime_api PTX_PATH
+ *   runtime_api PTX_PATH [--registered]
+ *
+ * With --registered it also does what an nvcc-built program does before main(): it
+ * registers a fatbinary (built here around the same PTX, with nvcc's wrapper)
+ * and a host stub for its kernel with __cudaRegisterFatBinary /
+ * __cudaRegisterFunction, then launches through the stub's address, so
+ * libcudart loads the fatbinary through the driver's cudart interface table.
  *
  * Every call is checked; the first failure prints "FAIL ..." (with the
  * cudaError_t name) on stderr and exits 1. Every passed check prints one
@@ -13,6 +19,7 @@
 #include <cuda_runtime_api.h>
 
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +54,51 @@ static void ok(const char *fmt, ...) {
         ok("%s", #call);                                                          \
     } while (0)
 
+/* What nvcc emits calls to (declared in crt/host_runtime.h, which is C++). */
+extern void **__cudaRegisterFatBinary(void *fatCubin);
+extern void __cudaRegisterFatBinaryEnd(void **fatCubinHandle);
+extern void __cudaUnregisterFatBinary(void **fatCubinHandle);
+extern void __cudaRegisterFunction(void **fatCubinHandle, const char *hostFun, char *deviceFun, const char *deviceName,
+                                   int thread_limit, uint3 *tid, uint3 *bid, dim3 *bDim, dim3 *gDim, int *wSize);
+
+/* nvcc's __fatBinC_Wrapper_t. */
+struct fatbin_wrapper {
+    uint32_t magic; /* 0x466243b1 */
+    uint32_t version;
+    const uint64_t *data;
+    void *filename_or_fatbins;
+};
+
+/* A fatbinary holding one uncompressed PTX entry for sm_80 (the layout cuwire's server parses). */
+static uint64_t *make_fatbin(const char *ptx) {
+    size_t len = strlen(ptx) + 1;
+    size_t padded = (len + 7) / 8 * 8;
+    size_t total = 16 + 64 + padded;
+    uint64_t *buf = calloc(total / 8, 8);
+    unsigned char *b = (unsigned char *)buf;
+    uint32_t magic = 0xBA55ED50u;
+    uint16_t version = 1, header = 16, kind = 1, entry_version = 0x101;
+    uint64_t body = 64 + padded, size = padded, flags = 0x11; /* 64-bit, Linux */
+    uint32_t entry_header = 64, sm = 80, bits = 64;
+    memcpy(b + 0, &magic, 4);
+    memcpy(b + 4, &version, 2);
+    memcpy(b + 6, &header, 2);
+    memcpy(b + 8, &body, 8);
+    unsigned char *e = b + 16;
+    memcpy(e + 0, &kind, 2);
+    memcpy(e + 2, &entry_version, 2);
+    memcpy(e + 4, &entry_header, 4);
+    memcpy(e + 8, &size, 8);
+    memcpy(e + 28, &sm, 4);
+    memcpy(e + 32, &bits, 4);
+    memcpy(e + 40, &flags, 8);
+    memcpy(e + 64, ptx, len);
+    return buf;
+}
+
+/* The host stub whose address names the kernel, as nvcc's generated stubs do. */
+static char vecadd_stub;
+
 static char *read_text(const char *path) {
     FILE *f = fopen(path, "rb");
     if (!f)
@@ -62,10 +114,49 @@ static char *read_text(const char *path) {
     return buf;
 }
 
+/* nvcc-style: a registered fatbinary and a launch through the host stub. */
+static void **registered_launch(const char *ptx, uint64_t **fatbin_out, float *da, float *db, float *dc, const float *a,
+                                const float *b, float *c, unsigned n) {
+    size_t bytes = n * sizeof(float);
+    void *args[] = {&da, &db, &dc, (void *)&n};
+    dim3 block = {128, 1, 1};
+    dim3 grid = {(n + 127) / 128, 1, 1};
+    uint64_t *fatbin = make_fatbin(ptx);
+    *fatbin_out = fatbin;
+    static struct fatbin_wrapper wrapper;
+    wrapper.magic = 0x466243b1u;
+    wrapper.version = 1;
+    wrapper.data = fatbin;
+    wrapper.filename_or_fatbins = NULL;
+    void **handle = __cudaRegisterFatBinary(&wrapper);
+    if (!handle)
+        fail("__cudaRegisterFatBinary returned NULL");
+    __cudaRegisterFunction(handle, &vecadd_stub, (char *)"vecadd", "vecadd", -1, NULL, NULL, NULL, NULL, NULL);
+    __cudaRegisterFatBinaryEnd(handle);
+    ok("registered a fatbinary and the vecadd stub");
+    CHECK(cudaMemset(dc, 0, bytes));
+    CHECK(cudaLaunchKernel((const void *)&vecadd_stub, grid, block, args, 0, 0));
+    CHECK(cudaDeviceSynchronize());
+    memset(c, 0, bytes);
+    CHECK(cudaMemcpy(c, dc, bytes, cudaMemcpyDeviceToHost));
+    for (unsigned i = 0; i < n; i++) {
+        if (c[i] != a[i] + b[i])
+            fail("fatbinary launch: c[%u] = %f, want %f", i, c[i], a[i] + b[i]);
+    }
+    ok("vecadd results through the registered fatbinary");
+    struct cudaFuncAttributes attrs;
+    CHECK(cudaFuncGetAttributes(&attrs, (const void *)&vecadd_stub));
+    if (attrs.maxThreadsPerBlock < 128)
+        fail("cudaFuncGetAttributes: maxThreadsPerBlock %d", attrs.maxThreadsPerBlock);
+
+    return handle;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2)
-        fail("usage: %s PTX_PATH", argv[0]);
+        fail("usage: %s PTX_PATH [--registered]", argv[0]);
     char *ptx = read_text(argv[1]);
+    int registered = argc > 2 && strcmp(argv[2], "--registered") == 0;
 
     int runtime = 0, driver = 0;
     CHECK(cudaRuntimeGetVersion(&runtime));
@@ -135,10 +226,18 @@ int main(int argc, char **argv) {
         fail("cudaMemcpyDefault gave c[%u] = %f", n - 1, c[n - 1]);
     ok("cudaMemcpyDefault results");
 
+    void **handle = NULL;
+    uint64_t *fatbin = NULL;
+    if (registered)
+        handle = registered_launch(ptx, &fatbin, da, db, dc, a, b, c, n);
+
     CHECK(cudaFree(da));
     CHECK(cudaFree(db));
     CHECK(cudaFree(dc));
     CHECK(cudaLibraryUnload(lib));
+    if (handle)
+        __cudaUnregisterFatBinary(handle);
+    free(fatbin);
     CHECK(cudaDeviceSynchronize());
     free(a);
     free(b);

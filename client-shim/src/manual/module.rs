@@ -40,6 +40,17 @@ pub unsafe fn read_image(image: *const c_void) -> Result<Vec<u8>, CuError> {
         }
         v
     };
+    // The binary kinds' magic numbers have no NUL byte, but their headers do: the loop above
+    // stops inside them. Read their whole 16-byte header once the magic is known.
+    let binary = head.len() >= 4
+        && (head.starts_with(b"\x7fELF")
+            || [FATBIN_MAGIC, FATBIN_WRAPPER_MAGIC].contains(&u32::from_le_bytes(head[0..4].try_into().unwrap())));
+    let head: Vec<u8> = if binary {
+        // SAFETY: ELF, fatbinary and fatbinary-wrapper headers are at least 16 bytes long.
+        unsafe { ffi::slice(image, 16)? }.to_vec()
+    } else {
+        head
+    };
     let u32_at = |o: usize| u32::from_le_bytes(head[o..o + 4].try_into().unwrap());
     let len = if head.len() == 16 && head.starts_with(b"\x7fELF") {
         // SAFETY: a 64-bit ELF header is 64 bytes.

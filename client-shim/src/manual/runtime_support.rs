@@ -81,3 +81,34 @@ export! {
         unsafe { copy(dst, src, bytes, Some(hstream)) }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::manual::module::read_image;
+
+    /// What libcudart hands `cuLibraryLoadData` for an nvcc-registered fatbinary: nvcc's
+    /// wrapper, whose header (like the fatbinary's) has NUL bytes right after its magic.
+    #[test]
+    fn read_image_follows_the_fatbinary_wrapper() {
+        let mut fatbin = vec![0u64; 2 + 4];
+        let bytes: &mut [u8] = bytemuck_bytes(&mut fatbin);
+        bytes[0..4].copy_from_slice(&0xBA55_ED50u32.to_le_bytes());
+        bytes[4..6].copy_from_slice(&1u16.to_le_bytes());
+        bytes[6..8].copy_from_slice(&16u16.to_le_bytes());
+        bytes[8..16].copy_from_slice(&32u64.to_le_bytes());
+        bytes[16..48].fill(0xAB);
+        let expected = bytes.to_vec();
+        let wrapper: [u64; 3] = [0x1_4662_43B1, fatbin.as_ptr() as u64, 0];
+        // SAFETY: a valid wrapper pointing at a valid 48-byte fatbinary.
+        let image = unsafe { read_image(wrapper.as_ptr() as *const std::ffi::c_void) }.unwrap();
+        assert_eq!(image, expected);
+        // SAFETY: the fatbinary itself.
+        let image = unsafe { read_image(fatbin.as_ptr() as *const std::ffi::c_void) }.unwrap();
+        assert_eq!(image, expected);
+    }
+
+    fn bytemuck_bytes(words: &mut [u64]) -> &mut [u8] {
+        // SAFETY: u64 has no padding and any byte pattern is a valid u64.
+        unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr() as *mut u8, words.len() * 8) }
+    }
+}
