@@ -16,6 +16,12 @@ requirements=(
     "nvidia-cuda-runtime-cu12==12.9.79"
     "cuda-bindings==12.9.*"
     "nvidia-cuda-nvcc-cu12==12.9.86"
+    "nvidia-cuda-nvrtc-cu12==12.9.86"
+    "numba-cuda==0.30.4"
+    "numba==0.68.1"
+    "llvmlite==0.50.0"
+    "cuda-core==1.2.2"
+    "numpy==2.4.6"
 )
 stamp="$venv/.cuwire-test-deps"
 want="$(printf '%s\n' "${requirements[@]}")"

@@ -6,6 +6,7 @@ pub mod context;
 pub mod device;
 pub mod init;
 pub mod launch;
+pub mod link;
 pub mod memory;
 pub mod module;
 pub mod runtime_support;
