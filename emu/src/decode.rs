@@ -698,7 +698,6 @@ impl<'a> Dec<'a> {
     fn src(&self, fr: &Frame, o: &Operand, ty: &str, line: u32, what: &str) -> Result<Src, EmuError> {
         let bits = tyname_bits(ty) as u32;
         let mask = if bits >= 64 { u64::MAX } else { (1u64 << bits) - 1 };
-        let is_f = ty.starts_with('f') || ty.starts_with("bf");
         Ok(match o {
             Operand::Name(n) => {
                 if let Some(s) = special(n) {
@@ -716,12 +715,9 @@ impl<'a> Dec<'a> {
                 None => return Err(perr(line, format!("{what}: unknown name {n}"))),
             },
             Operand::Int(v) => {
-                if is_f {
-                    // an integer literal in a float instruction is the bit pattern (hex) or value 0
-                    Src::I(*v as u64 & mask)
-                } else {
-                    Src::I(*v as u64 & mask)
-                }
+                // in a float instruction an integer literal is taken as the bit pattern
+                // (compilers write float constants as 0f/0d hex; `0` is 0.0 either way)
+                Src::I(*v as u64 & mask)
             }
             Operand::Float(f) => Src::I(fbits(*f, ty)),
             Operand::F32Bits(b) => Src::I(if ty == "f64" {
@@ -1710,8 +1706,6 @@ fn cmp_fn(cmp: &str, ty: &str) -> Option<ops::Cmp> {
         t => t,
     };
     let bits = type_size(ty)?;
-    let mask = if bits >= 8 { u64::MAX } else { (1u64 << (bits * 8)) - 1 };
-    let _ = mask;
     match cmp {
         "eq" => Some(match bits {
             1 => |a: u64, b: u64| a as u8 == b as u8,

@@ -1037,7 +1037,6 @@ fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
                 w.active &= !mask;
                 if w.active == 0 {
                     if !w.reschedule() {
-                        w.pc += 0;
                         break Ok(WState::Barrier);
                     }
                     continue;
