@@ -908,7 +908,7 @@ fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
             Op::Ld { sp, d, n, size, sext, dbits, a } => {
                 let dm = if dbits >= 64 { u64::MAX } else { (1u64 << dbits) - 1 };
                 let base = a.base;
-                if n == 1 && sext == 0 && fast_load(w, &mem, sp, a, d[0], size, mask) {
+                if sext == 0 && fast_load(w, &mem, sp, a, d, n, size, mask) {
                     w.pc += 1;
                     continue;
                 }
@@ -1276,76 +1276,71 @@ fn cached<'c>(
 /// without per-lane dispatch. Returns false (having changed nothing that matters) when
 /// the slow path must run, e.g. to report a fault.
 #[inline(always)]
-fn fast_load(w: &mut Warp, mem: &Mem, sp: Space, a: Addr, d: u32, size: u8, mask: u32) -> bool {
+#[allow(clippy::too_many_arguments)]
+fn fast_load(w: &mut Warp, mem: &Mem, sp: Space, a: Addr, d: [u32; 4], n: u8, size: u8, mask: u32) -> bool {
     let Warp { regs, cache, cache_next, .. } = w;
-    let d = d as usize * 32;
+    let n = n as usize;
     let sz = size as u64;
-    // results go to a scratch array first: the destination may be the address register,
+    let span = sz * n as u64;
+    // results go to a scratch array first: a destination may be the address register,
     // and the slow path re-runs every lane if one faults
-    let mut tmp = [0u64; 32];
-    let ok = match sp {
-        Space::Shared => {
-            let sh = &*mem.shared;
-            let mut ok = true;
+    let mut tmp = [[0u64; 32]; 4];
+    let mut ok = true;
+    macro_rules! bytes_space {
+        ($buf:expr) => {{
+            let buf: &[u8] = $buf;
             each_lane!(mask, l, {
                 let addr = match a.base {
                     Some(r) => regs[r as usize * 32 + l],
                     None => 0,
                 }
                 .wrapping_add(a.off as u64);
-                if addr & (sz - 1) != 0 || addr.saturating_add(sz) > sh.len() as u64 {
+                if addr & (span - 1) != 0 || addr.saturating_add(span) > buf.len() as u64 {
                     ok = false;
                     break;
                 }
-                tmp[l] = load_bytes(sh, addr as usize, size);
+                for (k, t) in tmp.iter_mut().enumerate().take(n) {
+                    t[l] = load_bytes(buf, (addr + k as u64 * sz) as usize, size);
+                }
             });
-            ok
-        }
+        }};
+    }
+    match sp {
+        Space::Shared => bytes_space!(&*mem.shared),
+        Space::KParam => bytes_space!(mem.ctx.params),
         Space::Global => {
-            let mut ok = true;
             each_lane!(mask, l, {
                 let addr = match a.base {
                     Some(r) => regs[r as usize * 32 + l],
                     None => 0,
                 }
                 .wrapping_add(a.off as u64);
-                if addr & (sz - 1) != 0 {
+                if addr & (span - 1) != 0 {
                     ok = false;
                     break;
                 }
-                match cached(cache, cache_next, mem.ctx.mem, addr, sz) {
-                    Some(al) => tmp[l] = al.load(addr - al.base, size as u32),
+                match cached(cache, cache_next, mem.ctx.mem, addr, span) {
+                    Some(al) => {
+                        for (k, t) in tmp.iter_mut().enumerate().take(n) {
+                            t[l] = al.load(addr + k as u64 * sz - al.base, size as u32);
+                        }
+                    }
                     None => {
                         ok = false;
                         break;
                     }
                 }
             });
-            ok
         }
-        Space::KParam => {
-            let p = mem.ctx.params;
-            let mut ok = true;
-            each_lane!(mask, l, {
-                let addr = match a.base {
-                    Some(r) => regs[r as usize * 32 + l],
-                    None => 0,
-                }
-                .wrapping_add(a.off as u64);
-                if addr & (sz - 1) != 0 || addr.saturating_add(sz) > p.len() as u64 {
-                    ok = false;
-                    break;
-                }
-                tmp[l] = load_bytes(p, addr as usize, size);
-            });
-            ok
-        }
-        _ => false,
-    };
+        _ => ok = false,
+    }
     if ok {
-        each_lane!(mask, l, {
-            regs[d + l] = tmp[l];
-        });
+        for (k, t) in tmp.iter().enumerate().take(n) {
+            let dk = d[k] as usize * 32;
+            each_lane!(mask, l, {
+                regs[dk + l] = t[l];
+            });
+        }
     }
     ok
 }
