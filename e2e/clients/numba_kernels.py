@@ -111,6 +111,20 @@ def block_sum(x, partial):
         partial[cuda.blockIdx.x] = s[0]
 
 
+@cuda.jit(device=True, debug=True, opt=False)
+def cubed(v):
+    return v * v * v
+
+
+@cuda.jit(debug=True, opt=False)
+def debug_kernel(x, out):
+    """With debug=True numba compiles each function to its own PTX and links several PTX
+    inputs: the shim combines them into one module."""
+    i = cuda.grid(1)
+    if i < out.size:
+        out[i] = cubed(x[i]) - 1
+
+
 def main():
     dev = cuda.get_current_device()
     cc = dev.compute_capability
@@ -163,6 +177,11 @@ def main():
     if not np.isclose(partial.sum(), xr.sum(), rtol=1e-4):
         fail("reduction total %r != %r" % (partial.sum(), xr.sum()))
     ok("reduction total")
+
+    xd = np.arange(-20, 20, dtype=np.float32)
+    outd = np.zeros_like(xd)
+    debug_kernel[2, 32](xd, outd)
+    check("debug=True (several PTX inputs linked)", outd, xd**3 - 1)
 
     cuda.synchronize()
     print("ALL PASSED", flush=True)

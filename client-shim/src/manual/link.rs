@@ -575,7 +575,7 @@ pub fn combine_ptx(inputs: &[(&str, &str)]) -> Result<String, String> {
     }
     for (k, (_, d)) in decls.iter().enumerate() {
         if keep[k] && d.func && d.defines {
-            for line in d.text.lines().filter(|l| !l.trim_start().starts_with(".loc")) {
+            for line in d.text.lines().filter(|l| l.split_whitespace().next() != Some(".loc")) {
                 out.push_str(line);
                 out.push('\n');
             }
@@ -593,7 +593,7 @@ mod tests {
         .extern .func (.param .b32 func_retval0) helper\n(\n\t.param .b32 helper_param_0\n)\n;\n\
         .common .global .align 8 .u64 env;\n\
         .global .align 4 .b8 table[8] = {1, 2, 3, 4, 5, 6, 7, 8};\n\
-        .visible .entry k(\n\t.param .u64 k_param_0\n)\n{\n\t.reg .b32 %r<3>;\n\t.loc 1 2 3\n\tret;\n}\n";
+        .visible .entry k(\n\t.param .u64 k_param_0\n)\n{\n\t.reg .b32 %r<3>;\n\t.local .align 8 .b8 depot[8];\n\t.loc 1 2 3\n\tret;\n}\n";
     const HELPER: &str = ".version 8.8\n.target sm_75\n.address_size 64\n.file 1 \"helper.py\"\n\
         .common .global .align 8 .u64 env;\n\
         .visible .func (.param .b32 func_retval0) helper(\n\t.param .b32 helper_param_0\n)\n{\n\tret;\n}\n";
@@ -613,7 +613,8 @@ mod tests {
         assert!(out.contains(".version 8.8\n.target sm_80\n.address_size 64"), "{out}");
         assert_eq!(out.matches(".common .global .align 8 .u64 env;").count(), 1, "{out}");
         assert!(!out.contains(".extern"), "{out}");
-        assert!(!out.contains(".loc") && !out.contains(".file"), "{out}");
+        assert!(!out.contains(".loc ") && !out.contains(".file"), "{out}");
+        assert!(out.contains(".local .align 8 .b8 depot[8];"), "{out}");
         let proto = out.find(".visible .func (.param .b32 func_retval0) helper\n(").expect("forward declaration");
         let table = out.find(".global .align 4 .b8 table").unwrap();
         let kernel = out.find(".visible .entry k(").unwrap();
