@@ -293,12 +293,28 @@ async fn io_main(
     };
     let pending_writer = pending.clone();
     let writer = async move {
-        while let Some(out) = rx.recv().await {
-            if let Some(slot) = out.reply {
-                pending_writer.lock().unwrap().push_back(slot);
+        // Everything queued while the last write was under way goes out in one write: a burst
+        // of fire-and-forget calls becomes a few large QUIC packets, not one packet per call.
+        let mut chunks: Vec<Bytes> = Vec::with_capacity(256);
+        while let Some(first) = rx.recv().await {
+            let mut next = Some(first);
+            let mut queued = 0usize;
+            while let Some(out) = next.take() {
+                if let Some(slot) = out.reply {
+                    pending_writer.lock().unwrap().push_back(slot);
+                }
+                queued += out.head.len() + out.payload.len();
+                chunks.push(out.head);
+                if !out.payload.is_empty() {
+                    chunks.push(out.payload);
+                }
+                if queued < (1 << 20) && chunks.len() < 512 {
+                    next = rx.try_recv().ok();
+                }
             }
-            let mut chunks = [out.head, out.payload];
-            if let Err(e) = send.write_all_chunks(&mut chunks).await {
+            let result = send.write_all_chunks(&mut chunks).await;
+            chunks.clear();
+            if let Err(e) = result {
                 return match e {
                     quinn::WriteError::ConnectionLost(c) => explain(&c),
                     other => other.to_string(),

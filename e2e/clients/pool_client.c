@@ -112,12 +112,16 @@ int main(int argc, char **argv) {
                 printf("spin %s\n", err(r));
                 continue;
             }
-            unsigned n = 20000;
+            unsigned n = 200000;
+            r = CUDA_SUCCESS;
             void *args[] = {&n, &out};
             double end = now() + secs;
+            /* Launches go out 4 at a time before a synchronize, so the tenant always has work
+             * waiting at the GPU and the pool's sharing, not the client's round trips, decides. */
             while (now() < end) {
-                if ((r = cuLaunchKernel(f, 1, 1, 1, 32, 1, 1, 0, 0, args, NULL)) || (r = cuCtxSynchronize())) break;
-                launches++;
+                for (int k = 0; k < 4 && r == CUDA_SUCCESS; k++) r = cuLaunchKernel(f, 1, 1, 1, 32, 1, 1, 0, 0, args, NULL);
+                if (r || (r = cuCtxSynchronize())) break;
+                launches += 4;
             }
             if (r) printf("spin %s\n", err(r));
             else printf("spin %ld\n", launches);

@@ -465,7 +465,6 @@ fn no_hello_is_closed(server: &Server, at_least: Duration) {
 }
 
 #[test]
-#[ignore = "BUG: the server waits handshake-timeout + admission-timeout (1 + 10 s) for the hello; admission runs after the hello and outside that deadline"]
 fn no_hello_within_the_handshake_timeout_closes_the_connection() {
     let server = Server::start(&["--handshake-timeout", "1"]);
     no_hello_is_closed(&server, Duration::from_millis(700));

@@ -132,11 +132,8 @@ fn runtime_api_static_libcudart() {
 
 /// What nvcc-built programs do: a fatbinary registered with `__cudaRegisterFatBinary` and a
 /// launch through the host stub. libcudart 12.9 loads it with `cuLibraryLoadData` (the shim
-/// sends the fatbinary, the server runs its PTX) and then asks `cuLibraryGetModule`, which
-/// needs a wire call the protocol does not have yet.
+/// sends the fatbinary, the server runs its PTX) and then asks `cuLibraryGetModule`.
 #[test]
-#[ignore = "cuLibraryGetModule needs a LibraryGetModule wire call (protocol + session); until then \
-            libcudart cannot resolve registered kernels and the launch fails with cudaErrorInvalidResourceHandle"]
 fn runtime_api_registered_fatbinary() {
     if !runtime_clients_available() {
         return;

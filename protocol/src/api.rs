@@ -133,6 +133,9 @@ macro_rules! with_api_table {
             cuLibraryUnload Async Auto (library: In<Library>);
             LibraryGetKernel Async Manual (kernel: In<Kernel>, library: In<Library>, name: In<String>);
             KernelGetFunction Async Manual (func: In<Func>, kernel: In<Kernel>);
+            /// The module a library became in the current context (nvcc-built programs reach
+            /// their kernels through it).
+            LibraryGetModule Async Manual (module: In<Module>, library: In<Library>);
             LibraryGetGlobal Sync Manual (library: In<Library>, name: In<String>, dptr: Out<DevPtr>, bytes: Out<u64>);
             /// The packed parameter buffer is the payload.
             LaunchKernel Async Manual (func: In<Func>, dims: In<LaunchDims>, stream: In<Stream>);

@@ -51,7 +51,7 @@ pub async fn run(cfg: Config, cli: Cli, shutdown: impl std::future::Future<Outpu
         ListenerConfig {
             listen: cfg.listen,
             idle_timeout: cfg.idle_timeout,
-            handshake_timeout: cfg.handshake_timeout + pool.admission_timeout(),
+            handshake_timeout: cfg.handshake_timeout,
             max_connections: cfg.max_connections,
         },
         &certs,

@@ -147,12 +147,6 @@ async fn read_frame(recv: &mut quinn::RecvStream, limit: usize) -> Result<Option
     Ok(Some(frame::split_body(Bytes::from(body))?))
 }
 
-async fn write_msg(send: &mut quinn::SendStream, msg: &ServerMsg, payload: Bytes) -> Result<()> {
-    let head = frame::encode(msg, payload.len())?;
-    send.write_all_chunks(&mut [head, payload]).await?;
-    Ok(())
-}
-
 async fn refuse(conn: &quinn::Connection, mut send: quinn::SendStream, reason: &str) {
     if let Ok(head) = frame::encode(&Welcome::Refused { reason: reason.to_owned() }, 0) {
         let _ = send.write_all(&head).await;
@@ -286,30 +280,58 @@ async fn run_lane(conn: &quinn::Connection, mut session: Session, mut send: quin
         session.close();
     })?;
     let writer = async {
-        while let Some((msg, payload)) = out_rx.recv().await {
-            write_msg(&mut send, &msg, payload).await?;
+        // Replies queued while the last write was under way go out together.
+        let mut chunks: Vec<Bytes> = Vec::with_capacity(64);
+        while let Some(first) = out_rx.recv().await {
+            let mut next = Some(first);
+            let mut queued = 0usize;
+            while let Some((msg, payload)) = next.take() {
+                let head = frame::encode(&msg, payload.len())?;
+                queued += head.len() + payload.len();
+                chunks.push(head);
+                if !payload.is_empty() {
+                    chunks.push(payload);
+                }
+                if queued < (1 << 20) && chunks.len() < 256 {
+                    next = out_rx.try_recv().ok();
+                }
+            }
+            let result = send.write_all_chunks(&mut chunks).await;
+            chunks.clear();
+            result?;
         }
         anyhow::Ok(())
     };
     let reader = async {
+        // The sans-IO decoder takes whatever the stream delivers (many small calls arrive in one
+        // chunk) and checks every announced length before buffering for it.
+        let mut decoder = frame::Decoder::new(MAX_FRAME);
         loop {
-            let raw = match read_frame(&mut recv, MAX_FRAME).await {
-                Ok(Some(raw)) => raw,
+            let chunk = match recv.read_chunk(MAX_FRAME, true).await {
+                Ok(Some(chunk)) => chunk.bytes,
                 Ok(None) => return anyhow::Ok(()),
-                Err(e) => {
-                    conn.close(close_codes::PROTOCOL_VIOLATION.into(), format!("bad frame: {e}").as_bytes());
-                    return Err(e.context("bad frame"));
-                }
+                Err(e) => return Err(anyhow::Error::from(e).context("reading the lane")),
             };
-            let call: Call = match raw.decode() {
-                Ok(c) => c,
-                Err(e) => {
-                    conn.close(close_codes::PROTOCOL_VIOLATION.into(), format!("undecodable call: {e}").as_bytes());
-                    anyhow::bail!("undecodable call: {e}");
+            decoder.feed(&chunk);
+            loop {
+                let raw = match decoder.next_frame() {
+                    Ok(Some(raw)) => raw,
+                    Ok(None) => break,
+                    Err(e) => {
+                        conn.close(close_codes::PROTOCOL_VIOLATION.into(), format!("bad frame: {e}").as_bytes());
+                        anyhow::bail!("bad frame: {e}");
+                    }
+                };
+                let call: Call = match raw.decode() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        conn.close(close_codes::PROTOCOL_VIOLATION.into(), format!("undecodable call: {e}").as_bytes());
+                        anyhow::bail!("undecodable call: {e}");
+                    }
+                };
+                if call_tx.send((call, raw.payload)).await.is_err() {
+                    return Ok(());
                 }
-            };
-            if call_tx.send((call, raw.payload)).await.is_err() {
-                return Ok(());
             }
         }
     };

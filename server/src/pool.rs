@@ -96,40 +96,58 @@ struct SchedState {
     busy: bool,
     /// Virtual time each tenant has used (seconds / share).
     pass: HashMap<String, f64>,
-    /// Waiting work: (pass at arrival, ticket) -> tenant.
-    waiting: BTreeMap<(u64, u64), String>,
+    /// Device seconds each tenant has used.
+    used: HashMap<String, f64>,
+    /// Waiting work: ticket -> tenant. The next to run is the waiter whose tenant has the
+    /// smallest pass *now* (not at arrival: a tenant with several sessions must not get a turn
+    /// per session), the earliest ticket among equals.
+    waiting: BTreeMap<u64, String>,
     next_ticket: u64,
-    /// The smallest pass of any tenant that ran lately: where newcomers start.
+    /// Where a tenant that was idle starts again: the smallest pass among waiting tenants, so
+    /// idling earns no credit to starve others later.
     floor: f64,
 }
 
-fn key(pass: f64) -> u64 {
-    (pass * 1e9) as u64
+impl SchedState {
+    fn next(&self) -> Option<u64> {
+        self.waiting
+            .iter()
+            .map(|(t, tenant)| (self.pass.get(tenant).copied().unwrap_or(0.0), *t))
+            .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
+            .map(|(_, t)| t)
+    }
 }
+
+/// Credit (seconds of device time per unit of share) a tenant keeps across an absence.
+const GRACE: f64 = 0.1;
 
 impl DeviceScheduler {
     fn run<T>(&self, tenant: &str, share: f64, work: impl FnOnce() -> T) -> T {
         let mut s = self.state.lock();
-        let floor = s.floor;
-        let pass = *s.pass.entry(tenant.to_owned()).and_modify(|p| *p = p.max(floor)).or_insert(floor);
+        // A tenant back from a short absence (the round trip between its synchronize and its next
+        // batch) keeps up to GRACE of credit; a long idle earns no more than that.
+        let floor = s.floor - GRACE;
+        s.pass.entry(tenant.to_owned()).and_modify(|p| *p = p.max(floor)).or_insert(floor.max(0.0));
         let ticket = s.next_ticket;
         s.next_ticket += 1;
-        let me = (key(pass), ticket);
-        s.waiting.insert(me, tenant.to_owned());
-        while s.busy || s.waiting.keys().next() != Some(&me) {
+        s.waiting.insert(ticket, tenant.to_owned());
+        while s.busy || s.next() != Some(ticket) {
             self.turn.wait(&mut s);
         }
-        s.waiting.remove(&me);
+        s.waiting.remove(&ticket);
         s.busy = true;
         drop(s);
         let start = Instant::now();
         let out = work();
         let used = start.elapsed().as_secs_f64();
+        metrics::counter!("cuwire_device_microseconds_total", "tenant" => tenant.to_owned()).increment((used * 1e6) as u64);
         let mut s = self.state.lock();
-        let p = s.pass.entry(tenant.to_owned()).or_insert(0.0);
-        *p += used / share.max(1e-6);
-        let new = *p;
-        s.floor = s.floor.max(new.min(s.pass.values().cloned().fold(f64::INFINITY, f64::min)));
+        *s.pass.entry(tenant.to_owned()).or_insert(0.0) += used / share.max(1e-6);
+        *s.used.entry(tenant.to_owned()).or_insert(0.0) += used;
+        let waiting_min = s.waiting.values().filter_map(|t| s.pass.get(t)).cloned().fold(f64::INFINITY, f64::min);
+        if waiting_min.is_finite() {
+            s.floor = s.floor.max(waiting_min);
+        }
         s.busy = false;
         drop(s);
         self.turn.notify_all();
@@ -405,5 +423,34 @@ impl Pool {
     /// How long admission may wait, so the handshake timeout can cover it.
     pub fn admission_timeout(&self) -> Duration {
         self.policy.read().admission_timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two threads of tenant A and one of tenant B keep one device busy: each tenant gets half
+    /// of the device's time, whatever its number of threads.
+    #[test]
+    fn scheduler_shares_by_tenant_not_by_thread() {
+        let sched = Arc::new(DeviceScheduler::default());
+        let end = Instant::now() + Duration::from_millis(600);
+        let work = |tenant: &'static str| {
+            let sched = sched.clone();
+            std::thread::spawn(move || {
+                let mut n = 0u32;
+                while Instant::now() < end {
+                    sched.run(tenant, 1.0, || std::thread::sleep(Duration::from_millis(2)));
+                    n += 1;
+                }
+                n
+            })
+        };
+        let (a1, a2, b) = (work("a"), work("a"), work("b"));
+        let a = a1.join().unwrap() + a2.join().unwrap();
+        let b = b.join().unwrap();
+        let ratio = a.max(b) as f64 / a.min(b) as f64;
+        assert!(ratio < 1.2, "a {a} b {b}");
     }
 }

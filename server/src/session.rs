@@ -671,6 +671,14 @@ impl Handler for Session {
         Ok(Default::default())
     }
 
+    fn LibraryGetModule(&mut self, req: calls::LibraryGetModule::Req, _: &mut Payload) -> CuResult<calls::LibraryGetModule::Rep> {
+        Self::new_handle(&self.modules, &req.module, req.module.is_null())?;
+        let ctx = self.current;
+        let mid = self.library_module(req.library, ctx)?;
+        self.modules.insert(req.module, (ctx, mid));
+        Ok(Default::default())
+    }
+
     fn LibraryGetGlobal(&mut self, req: calls::LibraryGetGlobal::Req, _: &mut Payload) -> CuResult<calls::LibraryGetGlobal::Rep> {
         check_name(&req.name)?;
         let ctx = self.current;

@@ -288,6 +288,25 @@ export! {
     }
 }
 
+export! {
+    /// The library as a module of the current context: its functions and variables are then
+    /// reached with the module calls. The module is not the library's to unload separately.
+    fn cuLibraryGetModule(pmod: *mut Handle, library: Handle) {
+        if pmod.is_null() {
+            return Err(CuError::INVALID_VALUE);
+        }
+        let c = client::get()?;
+        c.current_device()?;
+        let library = Library(library as u64);
+        let info = c.objects().libraries.get(&library.0).map(|l| l.info.clone()).ok_or(CuError::INVALID_HANDLE)?;
+        let module = Module(c.mint());
+        c.objects().modules.insert(module.0, ModuleRec { info, ctx: context::current(), functions: HashMap::new() });
+        c.send(Request::LibraryGetModule(calls::LibraryGetModule::Req { module, library }), Bytes::new())?;
+        // SAFETY: CUmodule* out-parameter.
+        unsafe { ffi::write(pmod, module.0 as Handle) }
+    }
+}
+
 /// The function a kernel is in the calling thread's current context, minted on first use.
 pub fn kernel_function(c: &Client, kernel: u64) -> Result<(Func, Arc<FunctionInfo>), CuError> {
     let ctx = context::current();

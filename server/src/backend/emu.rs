@@ -235,10 +235,19 @@ impl Backend for EmuBackend {
     fn ctx_create(&self, dev: usize, _flags: u32) -> CuResult<Id> {
         self.check_dev(dev)?;
         let id = self.id();
-        // Each context its own address space: 64 GiB apart, so addresses are also unique.
-        let base = 0x1000_0000_0000u64 + (id << 36) % 0x7000_0000_0000;
+        // Each context its own address space, in a window of its own (the lowest free one), so
+        // addresses are also unique among live contexts.
+        let window = self.cfg.memories[dev].next_power_of_two().max(1 << 36);
+        let mut contexts = self.contexts.lock();
+        let used: HashSet<u64> = contexts.values().map(|c| c.mem.base()).collect();
+        let base = (1u64..)
+            .map(|slot| 0x1000_0000_0000u64.checked_add(slot.checked_mul(window)?))
+            .take_while(|b| b.is_some_and(|b| b < 0x7000_0000_0000 || window > 1 << 36))
+            .flatten()
+            .find(|b| !used.contains(b))
+            .ok_or(CuError::OUT_OF_MEMORY)?;
         let mem = Arc::new(DeviceMemory::new(base, self.cfg.memories[dev]));
-        self.contexts.lock().insert(id, Arc::new(Ctx { dev, mem, state: Mutex::default() }));
+        contexts.insert(id, Arc::new(Ctx { dev, mem, state: Mutex::default() }));
         Ok(id)
     }
 
