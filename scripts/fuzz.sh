@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Fuzzes cuwire's untrusted-input paths with cargo-fuzz (libFuzzer): frame decoding, the
+# handshake, and request dispatch on the emulated GPU (fuzz/src/lib.rs).
+#
+#   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     (default: 60 s each, every target)
+#
+# Installs cargo-fuzz if it is missing. cargo-fuzz needs nightly compiler features; on a stable
+# toolchain RUSTC_BOOTSTRAP=1 unlocks them (set here unless the toolchain is nightly). The
+# sanitizer is off (`-s none`): every crate the targets reach forbids unsafe code, and without
+# ASan the build is faster and the executions several times more. FUZZ_SANITIZER=address turns
+# it back on.
+#
+# Starts from the committed seeds in fuzz/corpus/<target>/ and writes new inputs to a scratch
+# directory (fuzz/target/corpus-new/<target>), so the committed corpus is left alone. A crash
+# leaves its input in fuzz/artifacts/<target>/ and makes this script fail.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+secs="${1:-60}"
+shift || true
+targets=("$@")
+if [ ${#targets[@]} -eq 0 ]; then
+    targets=(frame_decode handshake dispatch)
+fi
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "fuzz.sh: installing cargo-fuzz" >&2
+    cargo install --locked cargo-fuzz
+fi
+if ! rustc --version | grep -q nightly; then
+    export RUSTC_BOOTSTRAP=1
+fi
+# The fuzz workspace uses the versions the main workspace has locked.
+[ -f fuzz/Cargo.lock ] || cp Cargo.lock fuzz/Cargo.lock
+
+sanitizer="${FUZZ_SANITIZER:-none}"
+jobs="${FUZZ_JOBS:-1}"
+start=$(date +%s)
+for t in "${targets[@]}"; do
+    cargo fuzz build -s "$sanitizer" "$t" || { echo "fuzz.sh: building $t failed" >&2; exit 1; }
+done
+built=$(date +%s)
+echo "fuzz.sh: built in $((built - start)) s" >&2
+
+status=0
+for t in "${targets[@]}"; do
+    scratch="fuzz/target/corpus-new/$t"
+    mkdir -p "$scratch"
+    echo "fuzz.sh: $t for ${secs} s" >&2
+    if ! cargo fuzz run -s "$sanitizer" "$t" "$scratch" "fuzz/corpus/$t" -- \
+        -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 -jobs="$jobs" -workers="$jobs" -print_final_stats=1 2>&1 \
+        | grep -E "^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss_mb|==[0-9]+== ERROR|SUMMARY|Done)|panicked|artifact_prefix|Test unit written"; then
+        :
+    fi
+    if [ "${PIPESTATUS[0]}" -ne 0 ]; then
+        echo "fuzz.sh: $t FAILED (input in fuzz/artifacts/$t/)" >&2
+        status=1
+    fi
+done
+echo "fuzz.sh: finished in $(( $(date +%s) - start )) s" >&2
+exit $status
