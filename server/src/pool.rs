@@ -140,7 +140,6 @@ impl DeviceScheduler {
         let start = Instant::now();
         let out = work();
         let used = start.elapsed().as_secs_f64();
-        metrics::counter!("cuwire_device_microseconds_total", "tenant" => tenant.to_owned()).increment((used * 1e6) as u64);
         let mut s = self.state.lock();
         *s.pass.entry(tenant.to_owned()).or_insert(0.0) += used / share.max(1e-6);
         *s.used.entry(tenant.to_owned()).or_insert(0.0) += used;
@@ -418,6 +417,15 @@ impl Pool {
             .collect();
         json!({ "backend": self.backend.kind(), "placement": format!("{:?}", policy.placement),
                 "devices": devices, "tenants": tenants, "sessions": sessions })
+    }
+
+    /// Sets the gauges that are cheaper to read at scrape time than to keep per call.
+    pub fn publish(&self) {
+        for s in &self.scheduler {
+            for (tenant, used) in &s.state.lock().used {
+                metrics::gauge!("cuwire_device_seconds", "tenant" => tenant.clone()).set(*used);
+            }
+        }
     }
 
     /// How long admission may wait, so the handshake timeout can cover it.

@@ -15,8 +15,8 @@ use bytes::Bytes;
 use cuwire_protocol::api::Payload;
 use cuwire_protocol::limits::{MAX_NAME, MAX_PAYLOAD};
 use cuwire_protocol::{
-    calls, dispatch, Call, CallKind, Ctx, CuError, CuResult, DevPtr, Event, Func, Handler, Kernel, Latched, Library, Module, ModuleInfo,
-    ServerMsg, Stream,
+    calls, dispatch, Call, CallKind, Ctx, CuError, CuResult, DevPtr, Event, Func, Function, Handler, Kernel, Latched, Library, Module,
+    ModuleInfo, ServerMsg, Stream,
 };
 
 use crate::backend::{Backend, Id, DEFAULT_STREAM};
@@ -80,6 +80,36 @@ pub struct Holdings {
     pub modules: usize,
 }
 
+/// The session's metric handles, registered once (by function on first use) so the per-call
+/// path does no label hashing or registry lookups.
+struct SessionMetrics {
+    bytes_in: metrics::Counter,
+    bytes_out: metrics::Counter,
+    by_function: HashMap<Function, CallMetrics>,
+}
+
+struct CallMetrics {
+    calls: metrics::Counter,
+    seconds: metrics::Histogram,
+}
+
+impl SessionMetrics {
+    fn new(tenant: &str) -> Self {
+        SessionMetrics {
+            bytes_in: metrics::counter!("cuwire_bytes_in_total", "tenant" => tenant.to_owned()),
+            bytes_out: metrics::counter!("cuwire_bytes_out_total", "tenant" => tenant.to_owned()),
+            by_function: HashMap::new(),
+        }
+    }
+
+    fn of(&mut self, tenant: &str, f: Function) -> &CallMetrics {
+        self.by_function.entry(f).or_insert_with(|| CallMetrics {
+            calls: metrics::counter!("cuwire_calls_total", "tenant" => tenant.to_owned(), "function" => f.name()),
+            seconds: metrics::histogram!("cuwire_call_seconds", "function" => f.name()),
+        })
+    }
+}
+
 pub struct Session {
     pub id: u64,
     pub tenant: String,
@@ -98,6 +128,7 @@ pub struct Session {
     kernels: HashMap<Kernel, (Library, String)>,
     ranges: BTreeMap<DevPtr, Range>,
     latched: Option<Latched>,
+    metrics: SessionMetrics,
 }
 
 fn ready(done: bool) -> CuResult<()> {
@@ -126,6 +157,7 @@ impl Session {
     pub fn with_pool(id: u64, tenant: String, pool: Arc<Pool>, devices: Vec<usize>) -> Self {
         Session {
             id,
+            metrics: SessionMetrics::new(&tenant),
             tenant,
             primary: vec![PrimaryEntry::default(); devices.len()],
             devices,
@@ -153,12 +185,13 @@ impl Session {
         let mut io = Payload { input: payload, output: Bytes::new() };
         let started = std::time::Instant::now();
         let result = dispatch(self, request, &mut io);
-        let tenant = self.tenant.clone();
-        metrics::counter!("cuwire_calls_total", "tenant" => tenant.clone(), "function" => function.name()).increment(1);
-        metrics::histogram!("cuwire_call_seconds", "function" => function.name()).record(started.elapsed().as_secs_f64());
-        metrics::counter!("cuwire_bytes_in_total", "tenant" => tenant.clone()).increment(bytes_in as u64);
-        metrics::counter!("cuwire_bytes_out_total", "tenant" => tenant.clone()).increment(io.output.len() as u64);
+        let m = self.metrics.of(&self.tenant, function);
+        m.calls.increment(1);
+        m.seconds.record(started.elapsed().as_secs_f64());
+        self.metrics.bytes_in.increment(bytes_in as u64);
+        self.metrics.bytes_out.increment(io.output.len() as u64);
         if let Err(e) = &result {
+            let tenant = self.tenant.clone();
             metrics::counter!("cuwire_call_errors_total", "tenant" => tenant, "function" => function.name(), "error" => e.name())
                 .increment(1);
         }

@@ -56,7 +56,10 @@ pub async fn serve(addr: SocketAddr, pool: Arc<Pool>) -> Result<SocketAddr> {
                 let line = String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_owned();
                 let path = line.split_whitespace().nth(1).unwrap_or("");
                 let (status, kind, body) = match path {
-                    "/metrics" => ("200 OK", "text/plain; version=0.0.4", handle.render()),
+                    "/metrics" => {
+                        pool.publish();
+                        ("200 OK", "text/plain; version=0.0.4", handle.render())
+                    }
                     "/status" => ("200 OK", "application/json", serde_json::to_string_pretty(&pool.status()).unwrap_or_default()),
                     _ => ("404 Not Found", "text/plain", "try /metrics or /status\n".to_string()),
                 };
