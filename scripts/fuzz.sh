@@ -34,7 +34,6 @@ fi
 [ -f fuzz/Cargo.lock ] || cp Cargo.lock fuzz/Cargo.lock
 
 sanitizer="${FUZZ_SANITIZER:-none}"
-jobs="${FUZZ_JOBS:-1}"
 start=$(date +%s)
 for t in "${targets[@]}"; do
     cargo fuzz build -s "$sanitizer" "$t" || { echo "fuzz.sh: building $t failed" >&2; exit 1; }
@@ -45,15 +44,17 @@ echo "fuzz.sh: built in $((built - start)) s" >&2
 status=0
 for t in "${targets[@]}"; do
     scratch="fuzz/target/corpus-new/$t"
+    log="fuzz/target/fuzz-$t.log"
     mkdir -p "$scratch"
-    echo "fuzz.sh: $t for ${secs} s" >&2
-    if ! cargo fuzz run -s "$sanitizer" "$t" "$scratch" "fuzz/corpus/$t" -- \
-        -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 -jobs="$jobs" -workers="$jobs" -print_final_stats=1 2>&1 \
-        | grep -E "^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss_mb|==[0-9]+== ERROR|SUMMARY|Done)|panicked|artifact_prefix|Test unit written"; then
-        :
-    fi
-    if [ "${PIPESTATUS[0]}" -ne 0 ]; then
-        echo "fuzz.sh: $t FAILED (input in fuzz/artifacts/$t/)" >&2
+    echo "fuzz.sh: $t for ${secs} s (log: $log)" >&2
+    # New inputs go to the scratch directory (the first one named); the seeds are only read.
+    if cargo fuzz run -s "$sanitizer" "$t" "$scratch" "fuzz/corpus/$t" -- \
+        -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 >"$log" 2>&1; then
+        echo "fuzz.sh: $t ok: $(grep -E '^stat::number_of_executed_units' "$log" | awk '{print $2}') runs," \
+            "coverage $(grep -oE 'cov: [0-9]+' "$log" | tail -n 1), peak RSS $(grep -E '^stat::peak_rss_mb' "$log" | awk '{print $2}') MB" >&2
+    else
+        echo "fuzz.sh: $t FAILED (input in fuzz/artifacts/$t/):" >&2
+        grep -E "panicked|ERROR|SUMMARY|Test unit written" "$log" >&2 || tail -n 20 "$log" >&2
         status=1
     fi
 done
