@@ -27,6 +27,9 @@ pub mod close_codes {
     pub const BUSY: u32 = 3;
 }
 
+/// Bytes of calls a session may have queued for its worker (a full copy chunk fits many times).
+const SESSION_QUEUE_BYTES: usize = 256 << 20;
+
 pub struct ListenerConfig {
     pub listen: SocketAddr,
     pub idle_timeout: Duration,
@@ -265,13 +268,18 @@ async fn connection(incoming: quinn::Incoming, pool: Arc<Pool>, handshake_timeou
 /// Drives one session: frames in, calls run in order on the session's worker thread, replies
 /// out in the same order.
 async fn run_lane(conn: &quinn::Connection, mut session: Session, mut send: quinn::SendStream, mut recv: quinn::RecvStream) -> Result<()> {
-    let (call_tx, mut call_rx) = mpsc::channel::<(Call, Bytes)>(256);
+    // Calls waiting for the worker hold a share of a per-session byte budget, so a client that
+    // sends faster than its calls run cannot make the server buffer without bound.
+    let budget = Arc::new(Semaphore::new(SESSION_QUEUE_BYTES));
+    let (call_tx, mut call_rx) = mpsc::channel::<(Call, Bytes, tokio::sync::OwnedSemaphorePermit)>(1024);
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<(ServerMsg, Bytes)>();
     let session_id = session.id;
     // The worker owns the session; when the calls stop coming it frees what the session held.
     let worker = std::thread::Builder::new().name(format!("session-{session_id}")).spawn(move || {
-        while let Some((call, payload)) = call_rx.blocking_recv() {
-            for msg in session.handle(call, payload).messages {
+        while let Some((call, payload, permit)) = call_rx.blocking_recv() {
+            let outcome = session.handle(call, payload);
+            drop(permit);
+            for msg in outcome.messages {
                 if out_tx.send(msg).is_err() {
                     break;
                 }
@@ -329,7 +337,9 @@ async fn run_lane(conn: &quinn::Connection, mut session: Session, mut send: quin
                         anyhow::bail!("undecodable call: {e}");
                     }
                 };
-                if call_tx.send((call, raw.payload)).await.is_err() {
+                let cost = (raw.message.len() + raw.payload.len()).clamp(1, SESSION_QUEUE_BYTES) as u32;
+                let Ok(permit) = budget.clone().acquire_many_owned(cost).await else { return Ok(()) };
+                if call_tx.send((call, raw.payload, permit)).await.is_err() {
                     return Ok(());
                 }
             }

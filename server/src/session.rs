@@ -127,6 +127,9 @@ pub struct Session {
     libraries: HashMap<Library, LibraryEntry>,
     kernels: HashMap<Kernel, (Library, String)>,
     ranges: BTreeMap<DevPtr, Range>,
+    /// Device memory each loaded module's variables hold, counted in the tenant's quota:
+    /// (context, device, bytes).
+    module_bytes: HashMap<Id, (Ctx, usize, u64)>,
     latched: Option<Latched>,
     metrics: SessionMetrics,
 }
@@ -172,6 +175,7 @@ impl Session {
             libraries: HashMap::new(),
             kernels: HashMap::new(),
             ranges: BTreeMap::new(),
+            module_bytes: HashMap::new(),
             latched: None,
         }
     }
@@ -335,6 +339,10 @@ impl Session {
             pool.release_stream(&tenant);
         }
         pool.release_context(&tenant);
+        for (_, (_, dev, bytes)) in self.module_bytes.iter().filter(|(_, (c, _, _))| *c == ctx) {
+            pool.release_memory(&tenant, *dev, *bytes);
+        }
+        self.module_bytes.retain(|_, (c, _, _)| *c != ctx);
         self.streams.retain(|_, (c, _)| *c != ctx);
         self.events.retain(|_, (c, _)| *c != ctx);
         self.modules.retain(|_, (c, _)| *c != ctx);
@@ -346,15 +354,38 @@ impl Session {
         self.backend.ctx_destroy(entry.id)
     }
 
+    /// Loads an image into a context, counting its variables against the tenant's quota; over
+    /// quota, the module is unloaded again and the load fails with CUDA_ERROR_OUT_OF_MEMORY.
+    fn load_counted(&mut self, ctx: Ctx, image: &[u8]) -> CuResult<crate::backend::LoadedModule> {
+        let entry = self.ctx_entry(ctx)?;
+        let (cid, dev) = (entry.id, entry.dev);
+        let loaded = self.backend.module_load(cid, image)?;
+        if loaded.global_bytes > 0 {
+            if let Err(e) = self.pool.reserve_memory(&self.tenant, dev, loaded.global_bytes) {
+                let _ = self.backend.module_unload(cid, loaded.id);
+                return Err(e);
+            }
+            self.module_bytes.insert(loaded.id, (ctx, dev, loaded.global_bytes));
+        }
+        Ok(loaded)
+    }
+
+    /// Gives a module's variables back to the quota.
+    fn uncount_module(&mut self, module: Id) {
+        if let Some((_, dev, bytes)) = self.module_bytes.remove(&module) {
+            self.pool.release_memory(&self.tenant, dev, bytes);
+        }
+    }
+
     /// Loads a library into a context on first use there.
     fn library_module(&mut self, library: Library, ctx: Ctx) -> CuResult<Id> {
-        let cid = self.ctx_entry(ctx)?.id;
+        self.ctx_entry(ctx)?;
         let lib = self.libraries.get(&library).ok_or(CuError::INVALID_HANDLE)?;
         if let Some(id) = lib.loaded.get(&ctx) {
             return Ok(*id);
         }
         let image = lib.image.clone();
-        let loaded = self.backend.module_load(cid, &image)?;
+        let loaded = self.load_counted(ctx, &image)?;
         self.libraries.get_mut(&library).expect("checked").loaded.insert(ctx, loaded.id);
         Ok(loaded.id)
     }
@@ -623,8 +654,8 @@ impl Handler for Session {
 
     fn ModuleLoad(&mut self, req: calls::ModuleLoad::Req, io: &mut Payload) -> CuResult<calls::ModuleLoad::Rep> {
         Self::new_handle(&self.modules, &req.module, req.module.is_null())?;
-        let (ctx, cid) = (self.current, self.cur()?);
-        let loaded = self.backend.module_load(cid, &io.input)?;
+        let ctx = self.current;
+        let loaded = self.load_counted(ctx, &io.input)?;
         self.modules.insert(req.module, (ctx, loaded.id));
         Ok(calls::ModuleLoad::Rep { module: (), info: ModuleInfo { functions: loaded.functions, globals: Vec::new() } })
     }
@@ -634,7 +665,9 @@ impl Handler for Session {
         self.modules.remove(&req.module);
         self.ranges.retain(|_, r| r.kind != RangeKind::Global(req.module));
         let cid = self.ctx_entry(ctx)?.id;
-        self.backend.module_unload(cid, id).map(|_| Default::default())
+        self.backend.module_unload(cid, id)?;
+        self.uncount_module(id);
+        Ok(Default::default())
     }
 
     fn ModuleGetFunction(&mut self, req: calls::ModuleGetFunction::Req, _: &mut Payload) -> CuResult<calls::ModuleGetFunction::Rep> {
@@ -662,8 +695,8 @@ impl Handler for Session {
         Self::new_handle(&self.libraries, &req.library, req.library.is_null())?;
         // A library is context-independent; it is loaded into each context that uses it. The
         // first load, into the current context, validates it and describes its entry points.
-        let (ctx, cid) = (self.current, self.cur()?);
-        let loaded = self.backend.module_load(cid, &io.input)?;
+        let ctx = self.current;
+        let loaded = self.load_counted(ctx, &io.input)?;
         let info = ModuleInfo { functions: loaded.functions, globals: Vec::new() };
         let mut entry = LibraryEntry { image: io.input.clone(), info: info.clone(), loaded: HashMap::new() };
         entry.loaded.insert(ctx, loaded.id);
@@ -678,6 +711,7 @@ impl Handler for Session {
             if let Some(c) = self.contexts.get(&ctx) {
                 let _ = self.backend.module_unload(c.id, id);
             }
+            self.uncount_module(id);
         }
         Ok(Default::default())
     }

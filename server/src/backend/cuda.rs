@@ -1018,7 +1018,8 @@ impl Backend for CudaBackend {
             let layouts = functions.iter().map(|f| (f.name.clone(), f.params.clone())).collect();
             let id = self.id();
             c.objs.lock().modules.insert(id, ModuleEntry { raw: raw as usize, layouts });
-            Ok(LoadedModule { id, functions })
+            // The driver does not say how much its module variables take.
+            Ok(LoadedModule { id, functions, global_bytes: 0 })
         })
     }
 

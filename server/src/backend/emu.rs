@@ -397,6 +397,7 @@ impl Backend for EmuBackend {
 
     fn module_load(&self, ctx: Id, image: &[u8]) -> CuResult<LoadedModule> {
         let c = self.ctx(ctx)?;
+        let before = c.mem.used();
         // A fatbinary: run the PTX the driver would choose for this device's architecture.
         let ptx;
         let image = if crate::fatbin::is_fatbin(image) {
@@ -439,7 +440,8 @@ impl Backend for EmuBackend {
             .collect();
         let id = self.id();
         c.state.lock().modules.insert(id, Arc::new(module));
-        Ok(LoadedModule { id, functions })
+        let global_bytes = c.mem.used().saturating_sub(before);
+        Ok(LoadedModule { id, functions, global_bytes })
     }
 
     fn module_unload(&self, ctx: Id, module: Id) -> CuResult<()> {

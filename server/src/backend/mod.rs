@@ -20,6 +20,9 @@ pub const DEFAULT_STREAM: Id = 0;
 pub struct LoadedModule {
     pub id: Id,
     pub functions: Vec<FunctionInfo>,
+    /// Device memory the module's variables (`.global`, `.const`) took, as far as the backend
+    /// can tell (0 when it cannot): counted against the tenant's quota.
+    pub global_bytes: u64,
 }
 
 /// One GPU pool's devices, as a backend sees them. All methods may be called from several
