@@ -9,6 +9,7 @@ pub mod launch;
 pub mod link;
 pub mod memory;
 pub mod module;
+pub mod occupancy;
 pub mod runtime_support;
 pub mod stream;
 
