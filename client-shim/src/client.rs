@@ -62,6 +62,8 @@ pub struct Objects {
     pub kernels: HashMap<u64, KernelRec>,
     /// Page-locked host allocations (cuMemAllocHost / cuMemHostAlloc): address -> size.
     pub host_allocs: BTreeMap<usize, usize>,
+    /// Host ranges registered with cuMemHostRegister: address -> size.
+    pub host_registered: BTreeMap<usize, usize>,
 }
 
 pub struct Client {

@@ -75,7 +75,7 @@ pub fn dtoh(out: &mut [u8], src: CUdeviceptr, stream: Stream) -> Result<(), CuEr
     result
 }
 
-fn dtod(dst: CUdeviceptr, src: CUdeviceptr, bytes: usize, stream: Stream, sync: bool) -> Result<(), CuError> {
+pub fn dtod(dst: CUdeviceptr, src: CUdeviceptr, bytes: usize, stream: Stream, sync: bool) -> Result<(), CuError> {
     let c = client::get()?;
     let req = Request::MemcpyDtoD(calls::MemcpyDtoD::Req { dst, src, bytes: bytes as u64, stream });
     let kind = if sync { CallKind::Barrier } else { CallKind::Async };
@@ -244,5 +244,35 @@ export! {
         }
         // SAFETY: unsigned int* out-parameter.
         unsafe { ffi::write(flags, 0) }
+    }
+}
+
+export! {
+    /// Host memory is always reachable by the pool's copies (they go through this process), so
+    /// registering only records the range; a device mapping of it (`cuMemHostGetDevicePointer`)
+    /// is not supported.
+    fn cuMemHostRegister_v2 | cuMemHostRegister (p: *mut c_void, bytes: usize, _flags: c_uint) {
+        let c = client::get()?;
+        if p.is_null() || bytes == 0 {
+            return Err(CuError::INVALID_VALUE);
+        }
+        let mut objects = c.objects();
+        let start = p as usize;
+        let overlaps = objects.host_registered.range(..start + bytes).next_back().is_some_and(|(b, s)| b + s > start);
+        if overlaps {
+            return Err(CuError(cuwire_protocol::cuda::CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED));
+        }
+        objects.host_registered.insert(start, bytes);
+        Ok(())
+    }
+}
+
+export! {
+    fn cuMemHostUnregister(p: *mut c_void) {
+        let c = client::get()?;
+        match c.objects().host_registered.remove(&(p as usize)) {
+            Some(_) => Ok(()),
+            None => Err(CuError(cuwire_protocol::cuda::CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED)),
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! carry buffers or need care. Each file holds one family of the driver API.
 #![allow(non_snake_case)]
 
+pub mod callbacks;
 pub mod context;
 pub mod device;
 pub mod init;
@@ -10,6 +11,7 @@ pub mod link;
 pub mod memory;
 pub mod module;
 pub mod occupancy;
+pub mod pitch;
 pub mod runtime_support;
 pub mod stream;
 

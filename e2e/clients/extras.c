@@ -1,0 +1,100 @@
+/* Pitched allocations, 2-D copies, host functions in a stream, host registration. */
+#include <cuda.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int failures = 0;
+#define EXPECT(cond, ...)                \
+    do {                                 \
+        if (cond) printf("ok   ");       \
+        else {                           \
+            printf("FAIL ");             \
+            failures++;                  \
+        }                                \
+        printf(__VA_ARGS__);             \
+        printf("\n");                    \
+    } while (0)
+
+static int order[4], n_order = 0;
+static void CUDA_CB host_fn(void *p) { order[n_order++] = *(int *)p; }
+static CUresult seen_status = (CUresult)-1;
+static void CUDA_CB stream_cb(CUstream s, CUresult status, void *p) {
+    (void)s;
+    seen_status = status;
+    order[n_order++] = *(int *)p;
+}
+
+int main(void) {
+    CUdevice dev;
+    CUcontext ctx;
+    CUstream st;
+    if (cuInit(0) || cuDeviceGet(&dev, 0) || cuCtxCreate(&ctx, 0, dev) || cuStreamCreate(&st, 0)) {
+        printf("FAIL setup\n");
+        return 1;
+    }
+    /* A 100 x 37-byte image in pitched device memory. */
+    const size_t w = 100, h = 37;
+    CUdeviceptr d, d2;
+    size_t pitch = 0, pitch2 = 0;
+    CUresult r = cuMemAllocPitch(&d, &pitch, w, h, 4);
+    EXPECT(r == CUDA_SUCCESS && pitch >= w && pitch % 512 == 0, "cuMemAllocPitch: pitch %zu", pitch);
+    cuMemAllocPitch(&d2, &pitch2, w, h, 4);
+    unsigned char *host = malloc(w * h), *back = malloc(w * h);
+    for (size_t i = 0; i < w * h; i++) host[i] = (unsigned char)(i * 7 + 3);
+    CUDA_MEMCPY2D c;
+    memset(&c, 0, sizeof c);
+    c.srcMemoryType = CU_MEMORYTYPE_HOST; c.srcHost = host; c.srcPitch = w;
+    c.dstMemoryType = CU_MEMORYTYPE_DEVICE; c.dstDevice = d; c.dstPitch = pitch;
+    c.WidthInBytes = w; c.Height = h;
+    r = cuMemcpy2D(&c);
+    EXPECT(r == CUDA_SUCCESS, "cuMemcpy2D host -> pitched device");
+    memset(&c, 0, sizeof c);
+    c.srcMemoryType = CU_MEMORYTYPE_DEVICE; c.srcDevice = d; c.srcPitch = pitch;
+    c.dstMemoryType = CU_MEMORYTYPE_DEVICE; c.dstDevice = d2; c.dstPitch = pitch2;
+    c.WidthInBytes = w; c.Height = h;
+    r = cuMemcpy2DAsync(&c, st);
+    EXPECT(r == CUDA_SUCCESS, "cuMemcpy2DAsync device -> device");
+    cuStreamSynchronize(st);
+    memset(&c, 0, sizeof c);
+    c.srcMemoryType = CU_MEMORYTYPE_DEVICE; c.srcDevice = d2; c.srcPitch = pitch2;
+    c.dstMemoryType = CU_MEMORYTYPE_HOST; c.dstHost = back; c.dstPitch = w;
+    c.WidthInBytes = w; c.Height = h;
+    r = cuMemcpy2D(&c);
+    EXPECT(r == CUDA_SUCCESS && memcmp(host, back, w * h) == 0, "cuMemcpy2D pitched device -> host: every byte back");
+    /* A sub-rectangle: rows 5..14, bytes 10..49 of the device image. */
+    unsigned char sub[10 * 40];
+    memset(&c, 0, sizeof c);
+    c.srcMemoryType = CU_MEMORYTYPE_DEVICE; c.srcDevice = d; c.srcPitch = pitch; c.srcXInBytes = 10; c.srcY = 5;
+    c.dstMemoryType = CU_MEMORYTYPE_HOST; c.dstHost = sub; c.dstPitch = 40;
+    c.WidthInBytes = 40; c.Height = 10;
+    r = cuMemcpy2D(&c);
+    int sub_ok = r == CUDA_SUCCESS;
+    for (int y = 0; y < 10 && sub_ok; y++)
+        for (int x = 0; x < 40; x++) sub_ok &= sub[y * 40 + x] == host[(5 + y) * w + 10 + x];
+    EXPECT(sub_ok, "cuMemcpy2D of a sub-rectangle");
+
+    /* Host functions run at their point in the stream, in order. */
+    int one = 1, two = 2, three = 3;
+    cuMemsetD8Async(d, 0, pitch * h, st);
+    r = cuLaunchHostFunc(st, host_fn, &one);
+    CUresult r2 = cuStreamAddCallback(st, stream_cb, &two, 0);
+    CUresult r3 = cuLaunchHostFunc(st, host_fn, &three);
+    cuStreamSynchronize(st);
+    EXPECT(r == 0 && r2 == 0 && r3 == 0 && n_order == 3 && order[0] == 1 && order[1] == 2 && order[2] == 3 && seen_status == CUDA_SUCCESS,
+           "cuLaunchHostFunc / cuStreamAddCallback ran in stream order (%d calls)", n_order);
+
+    /* Host registration. */
+    void *buf = malloc(1 << 20);
+    r = cuMemHostRegister(buf, 1 << 20, 0);
+    r2 = cuMemHostRegister((char *)buf + 4096, 4096, 0);
+    r3 = cuMemHostUnregister(buf);
+    CUresult r4 = cuMemHostUnregister(buf);
+    EXPECT(r == 0 && r2 == CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED && r3 == 0 && r4 == CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED,
+           "cuMemHostRegister / Unregister (%d %d %d %d)", r, r2, r3, r4);
+    free(buf);
+    cuMemFree(d);
+    cuMemFree(d2);
+    if (!failures) printf("ALL PASSED\n");
+    return failures ? 1 : 0;
+}
