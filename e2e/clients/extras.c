@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdint.h>
 
 static int failures = 0;
 #define EXPECT(cond, ...)                \
@@ -93,6 +94,29 @@ int main(void) {
     EXPECT(r == 0 && r2 == CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED && r3 == 0 && r4 == CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED,
            "cuMemHostRegister / Unregister (%d %d %d %d)", r, r2, r3, r4);
     free(buf);
+    /* Pointer attributes: device memory, page-locked host memory, and a pointer nobody knows. */
+    unsigned mt = 0;
+    CUcontext pctx = NULL;
+    CUdeviceptr start = 0;
+    r = cuPointerGetAttribute(&mt, CU_POINTER_ATTRIBUTE_MEMORY_TYPE, d + 100);
+    r2 = cuPointerGetAttribute(&pctx, CU_POINTER_ATTRIBUTE_CONTEXT, d + 100);
+    r3 = cuPointerGetAttribute(&start, CU_POINTER_ATTRIBUTE_RANGE_START_ADDR, d + 100);
+    EXPECT(r == 0 && r2 == 0 && r3 == 0 && mt == CU_MEMORYTYPE_DEVICE && pctx == ctx && start == d,
+           "cuPointerGetAttribute on device memory: type %u, its context, range start", mt);
+    void *pinned = NULL;
+    cuMemAllocHost(&pinned, 4096);
+    r = cuPointerGetAttribute(&mt, CU_POINTER_ATTRIBUTE_MEMORY_TYPE, (CUdeviceptr)(uintptr_t)pinned + 8);
+    EXPECT(r == 0 && mt == CU_MEMORYTYPE_HOST, "cuPointerGetAttribute on page-locked host memory: type %u", mt);
+    int local = 0;
+    r = cuPointerGetAttribute(&mt, CU_POINTER_ATTRIBUTE_MEMORY_TYPE, (CUdeviceptr)(uintptr_t)&local);
+    EXPECT(r == CUDA_ERROR_INVALID_VALUE, "cuPointerGetAttribute on an unknown pointer: %d", r);
+    CUpointer_attribute attrs[2] = {CU_POINTER_ATTRIBUTE_MEMORY_TYPE, CU_POINTER_ATTRIBUTE_CONTEXT};
+    unsigned mt2 = 99;
+    CUcontext c2 = (CUcontext)(uintptr_t)0x1234567800000001ull;
+    void *data[2] = {&mt2, &c2};
+    r = cuPointerGetAttributes(2, attrs, data, (CUdeviceptr)(uintptr_t)&local);
+    EXPECT(r == 0 && mt2 == 0 && c2 == NULL, "cuPointerGetAttributes on an unknown pointer reads zero");
+    cuMemFreeHost(pinned);
     cuMemFree(d);
     cuMemFree(d2);
     if (!failures) printf("ALL PASSED\n");

@@ -1,5 +1,6 @@
 //! Driver calls answered or built up in the shim: occupancy calculators and context limits,
-//! pitched allocations and 2-D copies, host functions in streams, host registration.
+//! pitched allocations and 2-D copies, host functions in streams, host registration, pointer
+//! attributes.
 #![forbid(unsafe_code)]
 
 use std::process::Command;

@@ -12,6 +12,7 @@ pub mod memory;
 pub mod module;
 pub mod occupancy;
 pub mod pitch;
+pub mod pointer;
 pub mod runtime_support;
 pub mod stream;
 
