@@ -117,6 +117,38 @@ int main(void) {
     r = cuPointerGetAttributes(2, attrs, data, (CUdeviceptr)(uintptr_t)&local);
     EXPECT(r == 0 && mt2 == 0 && c2 == NULL, "cuPointerGetAttributes on an unknown pointer reads zero");
     cuMemFreeHost(pinned);
+
+    /* cuFuncSetAttribute: more dynamic shared memory than the default 48 KiB, then a launch
+     * that uses it. */
+    static const char *smem_ptx =
+        ".version 7.0\n.target sm_80\n.address_size 64\n"
+        ".extern .shared .align 4 .b8 dyn[];\n"
+        ".visible .entry fill(.param .u64 out)\n{\n .reg .b32 %r<3>;\n .reg .b64 %rd<3>;\n"
+        " mov.u32 %r1, %tid.x;\n mov.u32 %r2, dyn;\n st.shared.u32 [%r2+80000], %r1;\n bar.sync 0;\n"
+        " ld.shared.u32 %r1, [%r2+80000];\n ld.param.u64 %rd1, [out];\n cvta.to.global.u64 %rd2, %rd1;\n"
+        " st.global.u32 [%rd2], %r1;\n ret;\n}\n";
+    CUmodule smod;
+    CUfunction sfn;
+    CUdeviceptr sout;
+    int maxdyn = 0;
+    if (cuModuleLoadData(&smod, smem_ptx) || cuModuleGetFunction(&sfn, smod, "fill") || cuMemAlloc(&sout, 4)) {
+        printf("FAIL shared-memory module\n");
+        failures++;
+    } else {
+        void *sargs[] = {&sout};
+        r = cuLaunchKernel(sfn, 1, 1, 1, 1, 1, 1, 96 * 1024, 0, sargs, NULL);
+        r2 = cuCtxSynchronize();
+        EXPECT(r != CUDA_SUCCESS || r2 != CUDA_SUCCESS, "96 KiB of dynamic shared memory without opting in fails (%d, %d)", r, r2);
+        r = cuFuncSetAttribute(sfn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 96 * 1024);
+        cuFuncGetAttribute(&maxdyn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, sfn);
+        r2 = cuLaunchKernel(sfn, 1, 1, 1, 1, 1, 1, 96 * 1024, 0, sargs, NULL);
+        r3 = cuCtxSynchronize();
+        unsigned got = 7;
+        cuMemcpyDtoH(&got, sout, 4);
+        EXPECT(r == 0 && maxdyn == 96 * 1024 && r2 == 0 && r3 == 0 && got == 0, "after cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES) it runs (%d %d %d, read %u)", r, r2, r3, got);
+        r = cuFuncSetAttribute(sfn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 1 << 30);
+        EXPECT(r == CUDA_ERROR_INVALID_VALUE, "more than the device allows is CUDA_ERROR_INVALID_VALUE");
+    }
     cuMemFree(d);
     cuMemFree(d2);
     if (!failures) printf("ALL PASSED\n");

@@ -137,6 +137,8 @@ macro_rules! with_api_table {
             /// their kernels through it).
             LibraryGetModule Async Manual (module: In<Module>, library: In<Library>);
             LibraryGetGlobal Sync Manual (library: In<Library>, name: In<String>, dptr: Out<DevPtr>, bytes: Out<u64>);
+            /// cuFuncSetAttribute: only attributes that change how the function launches travel.
+            FuncSetAttribute Async Manual (func: In<Func>, attrib: In<i32>, value: In<i32>);
             /// The packed parameter buffer is the payload.
             LaunchKernel Async Manual (func: In<Func>, dims: In<LaunchDims>, stream: In<Stream>);
         }

@@ -757,6 +757,12 @@ impl Handler for Session {
         Ok(calls::LibraryGetGlobal::Rep { dptr, bytes, ..Default::default() })
     }
 
+    fn FuncSetAttribute(&mut self, req: calls::FuncSetAttribute::Req, _: &mut Payload) -> CuResult<calls::FuncSetAttribute::Rep> {
+        let (ctx, fid) = *self.functions.get(&req.func).ok_or(CuError::INVALID_HANDLE)?;
+        let cid = self.ctx_entry(ctx)?.id;
+        self.backend.func_set_attribute(cid, fid, req.attrib, req.value).map(|_| Default::default())
+    }
+
     fn LaunchKernel(&mut self, req: calls::LaunchKernel::Req, io: &mut Payload) -> CuResult<calls::LaunchKernel::Rep> {
         let (fctx, fid) = *self.functions.get(&req.func).ok_or(CuError::INVALID_HANDLE)?;
         let (sctx, cid, sid) = self.stream(req.stream)?;

@@ -367,11 +367,57 @@ fn function_attribute(info: &FunctionInfo, attrib: c_int) -> Result<c_int, CuErr
     })
 }
 
+/// Attributes set with cuFuncSetAttribute, read back by cuFuncGetAttribute: (function, attribute).
+fn set_attributes() -> &'static std::sync::Mutex<HashMap<(u64, c_int), c_int>> {
+    static M: std::sync::OnceLock<std::sync::Mutex<HashMap<(u64, c_int), c_int>>> = std::sync::OnceLock::new();
+    M.get_or_init(Default::default)
+}
+
+fn set_function_attribute(c: &Client, f: Func, info: &FunctionInfo, attrib: c_int, value: c_int) -> Result<(), CuError> {
+    match attrib {
+        cuda::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES => {
+            let dev = c.current_device()?;
+            let optin = crate::manual::device::attribute(dev, cuda::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
+            if value < 0 || value > optin - info.attrs.shared_size_bytes {
+                return Err(CuError::INVALID_VALUE);
+            }
+        }
+        cuda::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT if (-1..=100).contains(&value) => {}
+        cuda::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT => return Err(CuError::INVALID_VALUE),
+        _ => return Err(CuError::NOT_SUPPORTED),
+    }
+    c.send(Request::FuncSetAttribute(calls::FuncSetAttribute::Req { func: f, attrib, value }), Bytes::new())?;
+    set_attributes().lock().unwrap_or_else(|p| p.into_inner()).insert((f.0, attrib), value);
+    Ok(())
+}
+
+export! {
+    /// The dynamic shared memory a launch may use (up to the device's opt-in limit) and the
+    /// carveout preference; cluster attributes are not supported.
+    fn cuFuncSetAttribute(hfunc: Handle, attrib: c_int, value: c_int) {
+        let c = client::get()?;
+        let (f, info) = resolve_function(c, hfunc)?;
+        set_function_attribute(c, f, &info, attrib, value)
+    }
+}
+
+export! {
+    fn cuKernelSetAttribute(attrib: c_int, value: c_int, kernel: Handle, _dev: c_int) {
+        let c = client::get()?;
+        let (f, info) = kernel_function(c, kernel as u64)?;
+        set_function_attribute(c, f, &info, attrib, value)
+    }
+}
+
 export! {
     fn cuFuncGetAttribute(pi: *mut c_int, attrib: c_int, hfunc: Handle) {
         let c = client::get()?;
-        let (_, info) = resolve_function(c, hfunc)?;
-        let v = function_attribute(&info, attrib)?;
+        let (f, info) = resolve_function(c, hfunc)?;
+        let set = set_attributes().lock().unwrap_or_else(|p| p.into_inner()).get(&(f.0, attrib)).copied();
+        let v = match set {
+            Some(v) => v,
+            None => function_attribute(&info, attrib)?,
+        };
         // SAFETY: int* out-parameter.
         unsafe { ffi::write(pi, v) }
     }

@@ -149,6 +149,7 @@ driver_api! {
     func_get_name: ["cuFuncGetName"] fn(*mut *const c_char, Handle);
     func_get_param_info: ["cuFuncGetParamInfo"] fn(Handle, usize, *mut usize, *mut usize);
     func_get_attribute: ["cuFuncGetAttribute"] fn(*mut c_int, c_int, Handle);
+    func_set_attribute: ["cuFuncSetAttribute"] fn(Handle, c_int, c_int);
     launch_kernel: ["cuLaunchKernel"] fn(Handle, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, Handle, *mut *mut c_void, *mut *mut c_void);
 }
 
@@ -1063,6 +1064,16 @@ impl Backend for CudaBackend {
             // NUL-terminated and alive.
             ck(unsafe { f(&mut dptr, &mut size, h(raw_module), cname.as_ptr()) })?;
             Ok((dptr, size as u64))
+        })
+    }
+
+    fn func_set_attribute(&self, ctx: Id, func: Id, attrib: i32, value: i32) -> CuResult<()> {
+        self.with_ctx(ctx, |c| {
+            let raw = c.objs.lock().functions.get(&func).map(|f| f.raw).ok_or(CuError::INVALID_HANDLE)?;
+            let f = need(self.api.func_set_attribute)?;
+            // SAFETY: cuFuncSetAttribute(CUfunction, CUfunction_attribute, int): `raw` is a function
+            // of a module loaded in the current context; the driver validates attribute and value.
+            ck(unsafe { f(h(raw), attrib, value) })
         })
     }
 

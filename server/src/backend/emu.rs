@@ -487,6 +487,20 @@ impl Backend for EmuBackend {
         Ok(())
     }
 
+    fn func_set_attribute(&self, ctx: Id, func: Id, attrib: i32, value: i32) -> CuResult<()> {
+        let c = self.ctx(ctx)?;
+        let (module, name) = c.state.lock().functions.get(&func).cloned().ok_or(CuError::INVALID_HANDLE)?;
+        match attrib {
+            cuda::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES => {
+                let bytes = u32::try_from(value).map_err(|_| CuError::INVALID_VALUE)?;
+                module.set_max_dynamic_shared(&name, bytes).map_err(err)
+            }
+            // A carveout preference is a hint the emulated device has no use for.
+            cuda::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT => Ok(()),
+            _ => Err(CuError::NOT_SUPPORTED),
+        }
+    }
+
     fn take_output(&self, ctx: Id) -> Vec<u8> {
         match self.ctx(ctx) {
             Ok(c) => std::mem::take(&mut c.state.lock().output),

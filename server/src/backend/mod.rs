@@ -73,6 +73,10 @@ pub trait Backend: Send + Sync {
     fn module_global(&self, ctx: Id, module: Id, name: &str) -> CuResult<(DevPtr, u64)>;
 
     fn launch(&self, ctx: Id, func: Id, dims: LaunchDims, stream: Id, params: &[u8]) -> CuResult<()>;
+    /// `cuFuncSetAttribute` (`CUfunction_attribute`, value).
+    fn func_set_attribute(&self, _ctx: Id, _func: Id, _attrib: i32, _value: i32) -> CuResult<()> {
+        Err(cuwire_protocol::CuError::NOT_SUPPORTED)
+    }
     /// Text kernels of this context printed since the last call (device printf).
     fn take_output(&self, ctx: Id) -> Vec<u8>;
 }
