@@ -17,14 +17,19 @@ fn create(flags: c_uint, dev: c_int) -> Result<Ctx, CuError> {
     Ok(ctx)
 }
 
+/// Creates a context, makes it current and writes its handle (every cuCtxCreate version).
+fn create_into(pctx: *mut Handle, flags: c_uint, dev: c_int) -> Result<(), CuError> {
+    if pctx.is_null() {
+        return Err(CuError::INVALID_VALUE);
+    }
+    let ctx = create(flags, dev)?;
+    // SAFETY: CUcontext* out-parameter, checked non-null.
+    unsafe { ffi::write(pctx, ctx.0 as Handle) }
+}
+
 export! {
     fn cuCtxCreate_v2 | cuCtxCreate (pctx: *mut Handle, flags: c_uint, dev: c_int) {
-        if pctx.is_null() {
-            return Err(CuError::INVALID_VALUE);
-        }
-        let ctx = create(flags, dev)?;
-        // SAFETY: CUcontext* out-parameter.
-        unsafe { ffi::write(pctx, ctx.0 as Handle) }
+        create_into(pctx, flags, dev)
     }
 }
 
@@ -34,12 +39,7 @@ export! {
         if !params.is_null() && num_params > 0 {
             return Err(CuError::NOT_SUPPORTED);
         }
-        if pctx.is_null() {
-            return Err(CuError::INVALID_VALUE);
-        }
-        let ctx = create(flags, dev)?;
-        // SAFETY: CUcontext* out-parameter.
-        unsafe { ffi::write(pctx, ctx.0 as Handle) }
+        create_into(pctx, flags, dev)
     }
 }
 
@@ -50,12 +50,7 @@ export! {
         if !params.is_null() {
             return Err(CuError::NOT_SUPPORTED);
         }
-        if pctx.is_null() {
-            return Err(CuError::INVALID_VALUE);
-        }
-        let ctx = create(flags, dev)?;
-        // SAFETY: CUcontext* out-parameter.
-        unsafe { ffi::write(pctx, ctx.0 as Handle) }
+        create_into(pctx, flags, dev)
     }
 }
 

@@ -185,8 +185,9 @@ export! {
 
 // ---- page-locked host memory: plain, page-aligned memory of this process
 
-fn host_alloc(bytes: usize) -> Result<*mut c_void, CuError> {
-    if bytes == 0 {
+/// Allocates page-locked (here: page-aligned) host memory into `*pp`.
+fn host_alloc(pp: *mut *mut c_void, bytes: usize) -> Result<(), CuError> {
+    if pp.is_null() || bytes == 0 {
         return Err(CuError::INVALID_VALUE);
     }
     let mut p: *mut c_void = std::ptr::null_mut();
@@ -196,30 +197,21 @@ fn host_alloc(bytes: usize) -> Result<*mut c_void, CuError> {
         return Err(CuError::OUT_OF_MEMORY);
     }
     client::get()?.objects().host_allocs.insert(p as usize, bytes);
-    Ok(p)
+    // SAFETY: void** out-parameter, checked non-null.
+    unsafe { ffi::write(pp, p) }
 }
 
 export! {
     fn cuMemAllocHost_v2(pp: *mut *mut c_void, bytes: usize) {
-        if pp.is_null() {
-            return Err(CuError::INVALID_VALUE);
-        }
         client::get()?.current_device()?;
-        let p = host_alloc(bytes)?;
-        // SAFETY: void** out-parameter.
-        unsafe { ffi::write(pp, p) }
+        host_alloc(pp, bytes)
     }
 }
 
 export! {
     fn cuMemHostAlloc(pp: *mut *mut c_void, bytes: usize, _flags: c_uint) {
-        if pp.is_null() {
-            return Err(CuError::INVALID_VALUE);
-        }
         client::get()?.current_device()?;
-        let p = host_alloc(bytes)?;
-        // SAFETY: void** out-parameter.
-        unsafe { ffi::write(pp, p) }
+        host_alloc(pp, bytes)
     }
 }
 
