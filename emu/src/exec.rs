@@ -907,17 +907,12 @@ fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
             }
             Op::Ld { sp, d, n, size, sext, dbits, a } => {
                 let dm = if dbits >= 64 { u64::MAX } else { (1u64 << dbits) - 1 };
-                let base = a.base;
                 if sext == 0 && fast_load(w, &mem, sp, a, d, n, size, mask) {
                     w.pc += 1;
                     continue;
                 }
                 each_lane!(mask, l, {
-                    let addr = match base {
-                        Some(r) => w.regs[r as usize * 32 + l],
-                        None => 0,
-                    }
-                    .wrapping_add(a.off as u64);
+                    let addr = eff(w, a, l);
                     if n > 1 && addr & (n as u64 * size as u64 - 1) != 0 {
                         return finish(
                             w,
@@ -941,17 +936,12 @@ fn run_warp(ctx: &Ctx, cta: &mut Cta, wi: usize) -> Result<WState, EmuError> {
                 })
             }
             Op::St { sp, s, n, size, a } => {
-                let base = a.base;
                 if n == 1 && fast_store(w, &mut mem, sp, a, s[0], size, mask) {
                     w.pc += 1;
                     continue;
                 }
                 each_lane!(mask, l, {
-                    let addr = match base {
-                        Some(r) => w.regs[r as usize * 32 + l],
-                        None => 0,
-                    }
-                    .wrapping_add(a.off as u64);
+                    let addr = eff(w, a, l);
                     if n > 1 && addr & (n as u64 * size as u64 - 1) != 0 {
                         return finish(
                             w,
