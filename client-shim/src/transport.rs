@@ -18,10 +18,12 @@ use cuwire_protocol::handshake::{self, Hello, Welcome};
 use cuwire_protocol::limits::{MAX_FRAME, MAX_HANDSHAKE};
 use cuwire_protocol::ServerMsg;
 use quinn::crypto::rustls::QuicClientConfig;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc as tmpsc;
 
 use crate::config::Config;
+
+/// How long an exiting process waits for the server to see the end of its lane.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
 
 /// What a waiting caller gets: the decoded server message and the payload beside it.
 pub type ReplySlot = mpsc::SyncSender<Result<(ServerMsg, Bytes), String>>;
@@ -292,11 +294,21 @@ async fn io_main(
         }
     };
     let pending_writer = pending.clone();
+    let mut shutdown = shutdown;
+    let exiting = Arc::new(AtomicBool::new(false));
+    let exiting_writer = exiting.clone();
     let writer = async move {
         // Everything queued while the last write was under way goes out in one write: a burst
         // of fire-and-forget calls becomes a few large QUIC packets, not one packet per call.
         let mut chunks: Vec<Bytes> = Vec::with_capacity(256);
-        while let Some(first) = rx.recv().await {
+        loop {
+            // Calls already queued go out before the exit's end of the lane.
+            let first = tokio::select! {
+                biased;
+                out = rx.recv() => out,
+                _ = &mut shutdown => None,
+            };
+            let Some(first) = first else { break };
             let mut next = Some(first);
             let mut queued = 0usize;
             while let Some(out) = next.take() {
@@ -315,25 +327,33 @@ async fn io_main(
             let result = send.write_all_chunks(&mut chunks).await;
             chunks.clear();
             if let Err(e) = result {
-                return match e {
+                return Err(match e {
                     quinn::WriteError::ConnectionLost(c) => explain(&c),
                     other => other.to_string(),
-                };
+                });
             }
         }
-        let _ = send.shutdown().await;
-        "the client closed".to_string()
+        // The exit ends the lane with a FIN and waits for the server to have read it. A FIN is
+        // retransmitted until acknowledged; a CONNECTION_CLOSE alone is sent once, and a loaded
+        // server that drops it would keep the session (and its memory) until the idle timeout.
+        exiting_writer.store(true, Ordering::SeqCst);
+        let _ = send.finish();
+        let _ = tokio::time::timeout(EXIT_GRACE, send.stopped()).await;
+        Ok(())
     };
     let reason = tokio::select! {
-        r = reader => r,
-        w = writer => w,
-        _ = shutdown => {
-            conn.close(0u32.into(), b"client exit");
-            // Give the close a moment to reach the server, without holding up the exit.
-            let _ = tokio::time::timeout(Duration::from_millis(200), endpoint.wait_idle()).await;
-            dead.set_quietly();
-            return;
-        }
+        // The server closing after our end of the lane is the expected end of an exit.
+        r = reader => if exiting.load(Ordering::SeqCst) { dead.set_quietly(); return } else { r },
+        w = writer => match w {
+            Ok(()) => {
+                conn.close(0u32.into(), b"client exit");
+                // Give the close a moment to reach the server, without holding up the exit.
+                let _ = tokio::time::timeout(Duration::from_millis(200), endpoint.wait_idle()).await;
+                dead.set_quietly();
+                return;
+            }
+            Err(e) => e,
+        },
     };
     dead.set(reason.clone());
     // Wake everyone still waiting: their calls fail.
