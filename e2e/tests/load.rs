@@ -190,7 +190,15 @@ fn run_load(clients: usize, ops: usize, timeout: Duration) {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let rss_after = proc_mem(pid, "VmRSS");
+    // The allocator hands freed pages back after its decay time (jemalloc, 10 s): wait for it.
+    let rss_deadline = Instant::now() + Duration::from_secs(30);
+    let rss_after = loop {
+        let rss = proc_mem(pid, "VmRSS");
+        if rss <= rss_before + RSS_TOLERANCE || Instant::now() > rss_deadline {
+            break rss;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     println!(
         "load: device free before {free_before:?}, lowest seen {min_free:?}, after {free_after:?}; \
          server RSS before {} MiB, peak {} MiB, after {} MiB",

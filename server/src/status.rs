@@ -28,6 +28,16 @@ fn recorder() -> Result<PrometheusHandle> {
 pub async fn serve(addr: SocketAddr, pool: Arc<Pool>) -> Result<SocketAddr> {
     let handle = recorder()?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    // Histogram samples wait in the recorder until they are folded into their buckets; without
+    // this they would pile up between scrapes, or forever on a server nobody scrapes.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
