@@ -89,6 +89,10 @@ pub struct Cli {
     /// Most client connections served at once [default: 1024].
     #[arg(long)]
     pub max_connections: Option<usize>,
+    /// Most connections in their handshake (TLS and the hello) at once; more are refused
+    /// [default: 64].
+    #[arg(long)]
+    pub max_pending_handshakes: Option<usize>,
     /// Seconds a new connection has to complete the cuwire handshake [default: 10].
     #[arg(long)]
     pub handshake_timeout: Option<f64>,
@@ -137,6 +141,7 @@ struct FileConfig {
     dev: Option<PathBuf>,
     idle_timeout: Option<f64>,
     max_connections: Option<usize>,
+    max_pending_handshakes: Option<usize>,
     handshake_timeout: Option<f64>,
     metrics: Option<SocketAddr>,
     #[serde(default)]
@@ -199,6 +204,7 @@ pub struct Config {
     pub dev: Option<PathBuf>,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    pub max_pending_handshakes: usize,
     pub handshake_timeout: Duration,
     pub metrics: Option<SocketAddr>,
     pub policy: PoolPolicy,
@@ -349,6 +355,7 @@ impl Config {
             dev,
             idle_timeout: seconds("idle-timeout", cli.idle_timeout.or(file.idle_timeout).unwrap_or(10.0))?,
             max_connections: cli.max_connections.or(file.max_connections).unwrap_or(1024).max(1),
+            max_pending_handshakes: cli.max_pending_handshakes.or(file.max_pending_handshakes).unwrap_or(64).max(1),
             handshake_timeout: seconds("handshake-timeout", cli.handshake_timeout.or(file.handshake_timeout).unwrap_or(10.0))?,
             metrics: cli.metrics.or(file.metrics),
             policy,

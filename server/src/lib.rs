@@ -53,6 +53,7 @@ pub async fn run(cfg: Config, cli: Cli, shutdown: impl std::future::Future<Outpu
             idle_timeout: cfg.idle_timeout,
             handshake_timeout: cfg.handshake_timeout,
             max_connections: cfg.max_connections,
+            max_pending_handshakes: cfg.max_pending_handshakes,
         },
         &certs,
         pool.clone(),

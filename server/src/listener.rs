@@ -14,7 +14,7 @@ use cuwire_protocol::handshake::{self, Hello, Welcome};
 use cuwire_protocol::limits::{MAX_FRAME, MAX_HANDSHAKE};
 use cuwire_protocol::{Call, ServerMsg};
 use quinn::crypto::rustls::QuicServerConfig;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::pool::{Pool, SessionInfo};
 use crate::session::Session;
@@ -35,6 +35,7 @@ pub struct ListenerConfig {
     pub idle_timeout: Duration,
     pub handshake_timeout: Duration,
     pub max_connections: usize,
+    pub max_pending_handshakes: usize,
 }
 
 pub struct Listener {
@@ -107,27 +108,31 @@ impl Listener {
     /// Serves until `shutdown` resolves, then closes every connection and waits briefly for
     /// them to go.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) {
+        // Two limits: connections still in their handshake (TLS, then the hello), which cost
+        // the server little and are bounded in time; and authenticated connections, which only a
+        // client with a certificate of the pool can take, so a flood from outside cannot crowd
+        // out the tenants.
         let slots = Arc::new(Semaphore::new(self.cfg.max_connections));
+        let pending = Arc::new(Semaphore::new(self.cfg.max_pending_handshakes));
         tokio::pin!(shutdown);
         loop {
             let incoming = tokio::select! {
                 i = self.endpoint.accept() => match i { Some(i) => i, None => break },
                 _ = &mut shutdown => break,
             };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                tracing::warn!(remote = %incoming.remote_address(), "refused: connection limit reached");
-                refused("connection_limit");
+            let Ok(handshaking) = pending.clone().try_acquire_owned() else {
+                tracing::warn!(remote = %incoming.remote_address(), "refused: too many handshakes in progress");
+                refused("pending_handshakes");
                 incoming.refuse();
                 continue;
             };
-            let pool = self.pool.clone();
+            let (pool, slots) = (self.pool.clone(), slots.clone());
             let handshake_timeout = self.cfg.handshake_timeout;
             tokio::spawn(async move {
                 let remote = incoming.remote_address();
-                if let Err(e) = connection(incoming, pool, handshake_timeout).await {
+                if let Err(e) = connection(incoming, pool, handshake_timeout, slots, handshaking).await {
                     tracing::info!(%remote, "connection ended: {e:#}");
                 }
-                drop(permit);
             });
         }
         tracing::info!("shutting down");
@@ -160,13 +165,24 @@ async fn refuse(conn: &quinn::Connection, mut send: quinn::SendStream, reason: &
     conn.close(close_codes::REFUSED.into(), reason.as_bytes());
 }
 
-async fn connection(incoming: quinn::Incoming, pool: Arc<Pool>, handshake_timeout: Duration) -> Result<()> {
+async fn connection(
+    incoming: quinn::Incoming,
+    pool: Arc<Pool>,
+    handshake_timeout: Duration,
+    slots: Arc<Semaphore>,
+    handshaking: OwnedSemaphorePermit,
+) -> Result<()> {
     let remote = incoming.remote_address();
-    let conn = match incoming.await {
-        Ok(c) => c,
-        Err(e) => {
+    let conn = match tokio::time::timeout(handshake_timeout, incoming).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
             tracing::warn!(%remote, "handshake refused: {e}");
             refused("tls");
+            return Ok(());
+        }
+        Err(_) => {
+            tracing::warn!(%remote, "handshake refused: TLS did not complete within {handshake_timeout:?}");
+            refused("tls_timeout");
             return Ok(());
         }
     };
@@ -174,6 +190,13 @@ async fn connection(incoming: quinn::Incoming, pool: Arc<Pool>, handshake_timeou
         tracing::warn!(%remote, "handshake refused: the client certificate names no tenant");
         refused("no_tenant");
         conn.close(close_codes::REFUSED.into(), b"client certificate names no tenant");
+        return Ok(());
+    };
+    // Held for as long as the connection lives.
+    let Ok(_slot) = slots.try_acquire_owned() else {
+        tracing::warn!(%remote, %tenant, "refused: connection limit reached");
+        refused("connection_limit");
+        conn.close(close_codes::BUSY.into(), b"connection limit reached");
         return Ok(());
     };
     let opened = tokio::time::timeout(handshake_timeout, async {
@@ -253,6 +276,7 @@ async fn connection(incoming: quinn::Incoming, pool: Arc<Pool>, handshake_timeou
         pool.leave(id);
         return Err(e.into());
     }
+    drop(handshaking);
     tracing::info!(session = id, %tenant, %remote, devices = ?admitted.devices, pid = hello.pid, host = %hello.host, client = %hello.build_id, "session opened");
 
     let session = Session::with_pool(id, tenant.clone(), pool.clone(), admitted.devices);
