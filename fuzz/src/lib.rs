@@ -203,9 +203,32 @@ fn session_seed() -> Vec<u8> {
         &[],
     );
     push(&mut session, CallKind::Sync, Request::MemcpyDtoH(calls::MemcpyDtoH::Req { src: ptr, bytes: 2048, stream: s0 }), &[]);
+    // 2-D/3-D copies: 8 rows of 16 bytes, 4 rows (64 bytes apart) to a slice, 2 slices.
+    let rows = cuwire_protocol::Rows { base: ptr + 2048, width: 16, pitch: 64, height: 4, slice_pitch: 512, first: 0, count: 8 };
+    push(&mut session, CallKind::Async, Request::MemcpyRowsHtoD(calls::MemcpyRowsHtoD::Req { dst: rows, stream: s0 }), &[5u8; 128]);
+    push(&mut session, CallKind::Sync, Request::MemcpyRowsDtoH(calls::MemcpyRowsDtoH::Req { src: rows, stream: s0 }), &[]);
+    let dst = cuwire_protocol::Rows { base: ptr + 3072, ..rows };
+    push(&mut session, CallKind::Async, Request::MemcpyRowsDtoD(calls::MemcpyRowsDtoD::Req { dst, src: rows, stream: s0 }), &[]);
+    // Stream-ordered allocation from a pool of the session's own.
+    let pool = cuwire_protocol::MemPool(0x1030);
+    push(&mut session, CallKind::Async, Request::MemPoolCreate(calls::MemPoolCreate::Req { pool, dev: 0, max_size: 1 << 20 }), &[]);
+    let reply = push(
+        &mut session,
+        CallKind::Sync,
+        Request::MemAllocAsync(calls::MemAllocAsync::Req { dptr: (), bytes: 4096, pool, stream: s0 }),
+        &[],
+    );
+    let pooled = match &reply.messages[0].0 {
+        ServerMsg::Reply { result: Ok(cuwire_protocol::Reply::MemAllocAsync(r)), .. } => r.dptr,
+        other => panic!("seed pool allocation failed: {other:?}"),
+    };
+    push(&mut session, CallKind::Sync, Request::MemPoolGetAttribute(calls::MemPoolGetAttribute::Req { value: (), pool, attr: 7 }), &[]);
+    push(&mut session, CallKind::Async, Request::MemFreeAsync(calls::MemFreeAsync::Req { dptr: pooled, stream: s0 }), &[]);
+    push(&mut session, CallKind::Async, Request::MemPoolDestroy(calls::MemPoolDestroy::Req { pool }), &[]);
     let mut image = SPIN_PTX.as_bytes().to_vec();
     image.push(0);
     push(&mut session, CallKind::Sync, Request::ModuleLoad(calls::ModuleLoad::Req { module, ..Default::default() }), &image);
+    push(&mut session, CallKind::Sync, Request::LoadLog(calls::LoadLog::Req { handle: module.0, log: () }), &[]);
     push(
         &mut session,
         CallKind::Async,

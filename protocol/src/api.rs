@@ -108,6 +108,27 @@ macro_rules! with_api_table {
             MemcpyDtoD Async Manual (dst: In<DevPtr>, src: In<DevPtr>, bytes: In<u64>, stream: In<Stream>);
             /// cuMemsetD8/D16/D32 and their Async forms: `elem_size` is 1, 2 or 4.
             Memset Async Manual (dst: In<DevPtr>, value: In<u32>, elem_size: In<u8>, count: In<u64>, stream: In<Stream>);
+            /// 2-D and 3-D copies (cuMemcpy2D, cuMemcpy3D and their Async forms), host to device:
+            /// the payload holds the rows packed, one after another.
+            MemcpyRowsHtoD Async Manual (dst: In<Rows>, stream: In<Stream>);
+            /// Device to host: the reply's payload holds the rows packed.
+            MemcpyRowsDtoH Sync Manual (src: In<Rows>, stream: In<Stream>);
+            /// Device to device: `dst` and `src` have the same width and count.
+            MemcpyRowsDtoD Async Manual (dst: In<Rows>, src: In<Rows>, stream: In<Stream>);
+
+            // ---- stream-ordered allocation: pools minted by the shim (each device's default
+            // pool has a handle both sides know); allocations are ordinary allocations, taken
+            // from the tenant's quota like cuMemAlloc, and ordered on the lane
+            MemPoolCreate Async Manual (pool: In<MemPool>, dev: In<i32>, max_size: In<u64>);
+            MemPoolDestroy Async Manual (pool: In<MemPool>);
+            /// cuDeviceSetMemPool: the pool cuMemAllocAsync takes from on that device.
+            DeviceSetMemPool Async Manual (dev: In<i32>, pool: In<MemPool>);
+            /// cuMemAllocAsync (null pool: the current pool of the stream's device) and
+            /// cuMemAllocFromPoolAsync. Waits: the program sees the address at once.
+            MemAllocAsync Sync Manual (dptr: Out<DevPtr>, bytes: In<u64>, pool: In<MemPool>, stream: In<Stream>);
+            MemFreeAsync Async Manual (dptr: In<DevPtr>, stream: In<Stream>);
+            MemPoolGetAttribute Sync Manual (value: Out<u64>, pool: In<MemPool>, attr: In<i32>);
+            MemPoolSetAttribute Async Manual (pool: In<MemPool>, attr: In<i32>, value: In<u64>);
 
             // ---- streams and events (handles minted by the shim)
             StreamCreate Async Manual (stream: In<Stream>, flags: In<u32>, priority: In<i32>);
@@ -126,6 +147,9 @@ macro_rules! with_api_table {
             // every entry point so that lookups, attributes and parameter packing stay local)
             ModuleLoad Sync Manual (module: In<Module>, info: Out<ModuleInfo>);
             cuModuleUnload Async Auto (module: In<Module>);
+            /// Why a ModuleLoad or LibraryLoad of this handle failed, in the backend's words (its
+            /// JIT error log), for the client's CU_JIT_ERROR_LOG_BUFFER; asked after the failure.
+            LoadLog Sync Manual (handle: In<u64>, log: Out<String>);
             ModuleGetFunction Async Manual (func: In<Func>, module: In<Module>, name: In<String>);
             /// Module variables the load reply did not list (drivers cannot enumerate them).
             ModuleGetGlobal Sync Manual (module: In<Module>, name: In<String>, dptr: Out<DevPtr>, bytes: Out<u64>);

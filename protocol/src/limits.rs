@@ -13,3 +13,9 @@ pub const COPY_CHUNK: usize = 4 << 20;
 pub const MAX_HANDSHAKE: usize = 64 << 10;
 /// The longest name (function, kernel, global, host) accepted in a message.
 pub const MAX_NAME: usize = 4096;
+/// The most rows one 2-D or 3-D copy message names (larger copies are several messages).
+pub const MAX_COPY_ROWS: u64 = 1 << 20;
+/// The most memory pools a session may create.
+pub const MAX_MEM_POOLS: usize = 1024;
+/// The longest module-load log a session keeps for its client.
+pub const MAX_LOAD_LOG: usize = 16 << 10;

@@ -33,6 +33,22 @@ handles! {
     Library,
     /// A kernel of a library (`CUkernel`), minted by the shim.
     Kernel,
+    /// A memory pool (`CUmemoryPool`): minted by the shim, except each device's default pool,
+    /// whose handle both sides know ([`MemPool::default_of`]).
+    MemPool,
+}
+
+impl MemPool {
+    /// The default pool of the tenant's device `dev`. Minted handles are multiples of 16 from
+    /// 0x1000 up, so these (8, 0x18, 0x28, …) are never minted.
+    pub fn default_of(dev: i32) -> MemPool {
+        MemPool(0x8 + 0x10 * dev.max(0) as u64)
+    }
+
+    /// The device whose default pool this is, if it is one.
+    pub fn default_device(self) -> Option<i32> {
+        (self.0 % 0x10 == 0x8 && self.0 < 0x1000).then(|| ((self.0 - 0x8) / 0x10) as i32)
+    }
 }
 
 impl Stream {
@@ -157,10 +173,143 @@ pub struct ModuleInfo {
     pub globals: Vec<GlobalInfo>,
 }
 
+/// Rows of a pitched box in device memory, for 2-D and 3-D copies. The box has rows of `width`
+/// bytes starting `pitch` bytes apart, `height` rows to a slice, and slices starting
+/// `slice_pitch` bytes apart; one message names its rows `first .. first + count`, counted
+/// slice after slice, so that a large copy travels as several messages of whole rows. Row `i`
+/// starts at `base + (i / height) * slice_pitch + (i % height) * pitch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode, Default)]
+pub struct Rows {
+    pub base: DevPtr,
+    pub width: u64,
+    pub pitch: u64,
+    pub height: u64,
+    pub slice_pitch: u64,
+    pub first: u64,
+    pub count: u64,
+}
+
+impl Rows {
+    /// Where row `i` starts, or `None` when that is not a 64-bit address.
+    pub fn row(&self, i: u64) -> Option<DevPtr> {
+        let (slice, row) = (i / self.height.max(1), i % self.height.max(1));
+        self.base.checked_add(slice.checked_mul(self.slice_pitch)?)?.checked_add(row.checked_mul(self.pitch)?)
+    }
+
+    /// The bytes the rows hold together.
+    pub fn bytes(&self) -> CuResult<u64> {
+        self.width.checked_mul(self.count).ok_or(CuError::INVALID_VALUE)
+    }
+
+    /// Checks the shape and returns `[start, end)`, the span every byte of the rows lies in:
+    /// rows are not empty and never overlap the next one (within a slice, `pitch >= width`;
+    /// across slices, a slice's first row starts after the previous slice's last row ends), so
+    /// each row starts after the one before it and the span covers them all.
+    pub fn span(&self) -> CuResult<(DevPtr, DevPtr)> {
+        let bad = CuError::INVALID_VALUE;
+        if self.width == 0 || self.height == 0 || self.count == 0 {
+            return Err(bad);
+        }
+        let last = self.first.checked_add(self.count - 1).ok_or(bad)?;
+        let within = (self.first % self.height) + self.count;
+        if self.height > 1 && self.count > 1 && self.pitch < self.width {
+            return Err(bad);
+        }
+        if within > self.height {
+            // The rows reach into a later slice.
+            let last_row_end = (self.height - 1).checked_mul(self.pitch).and_then(|o| o.checked_add(self.width)).ok_or(bad)?;
+            if self.slice_pitch < last_row_end {
+                return Err(bad);
+            }
+        }
+        let start = self.row(self.first).ok_or(bad)?;
+        let end = self.row(last).and_then(|r| r.checked_add(self.width)).ok_or(bad)?;
+        Ok((start, end))
+    }
+
+    /// The rows as maximal runs of contiguous bytes, each `(address, offset in the packed rows,
+    /// length)`, in order; call after [`Rows::span`] succeeded.
+    pub fn runs(&self) -> impl Iterator<Item = (DevPtr, u64, u64)> + '_ {
+        let mut i = 0;
+        std::iter::from_fn(move || {
+            if i >= self.count {
+                return None;
+            }
+            let start = self.row(self.first + i)?;
+            let offset = i * self.width;
+            let mut len = self.width;
+            i += 1;
+            while i < self.count && self.row(self.first + i) == Some(start + len) {
+                len += self.width;
+                i += 1;
+            }
+            Some((start, offset, len))
+        })
+    }
+
+    /// Pairs of runs for a copy from `src` to `self` (same width and count): `(dst, src, len)`,
+    /// merged where both sides are contiguous.
+    pub fn runs_with<'a>(&'a self, src: &'a Rows) -> impl Iterator<Item = (DevPtr, DevPtr, u64)> + 'a {
+        let mut i = 0;
+        std::iter::from_fn(move || {
+            if i >= self.count {
+                return None;
+            }
+            let (d, s) = (self.row(self.first + i)?, src.row(src.first + i)?);
+            let mut len = self.width;
+            i += 1;
+            while i < self.count && self.row(self.first + i) == Some(d + len) && src.row(src.first + i) == Some(s + len) {
+                len += self.width;
+                i += 1;
+            }
+            Some((d, s, len))
+        })
+    }
+}
+
 /// A launch's geometry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode, Default)]
 pub struct LaunchDims {
     pub grid: [u32; 3],
     pub block: [u32; 3],
     pub shared_mem_bytes: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_span_and_runs() {
+        // 4 rows of 8 bytes, 16 apart, 2 to a slice, slices 100 apart, from 1000.
+        let r = Rows { base: 1000, width: 8, pitch: 16, height: 2, slice_pitch: 100, first: 0, count: 4 };
+        assert_eq!(r.span(), Ok((1000, 1124)));
+        assert_eq!(r.runs().collect::<Vec<_>>(), vec![(1000, 0, 8), (1016, 8, 8), (1100, 16, 8), (1116, 24, 8)]);
+        // Contiguous rows merge, across slices too; a later part of the same box starts where it should.
+        let flat = Rows { pitch: 8, slice_pitch: 16, ..r };
+        assert_eq!(flat.runs().collect::<Vec<_>>(), vec![(1000, 0, 32)]);
+        assert_eq!(Rows { first: 1, count: 2, ..r }.runs().collect::<Vec<_>>(), vec![(1016, 0, 8), (1100, 8, 8)]);
+        let dst = Rows { base: 0, pitch: 8, slice_pitch: 16, ..r };
+        assert_eq!(dst.runs_with(&r).collect::<Vec<_>>(), vec![(0, 1000, 8), (8, 1016, 8), (16, 1100, 8), (24, 1116, 8)]);
+        assert_eq!(dst.runs_with(&flat).collect::<Vec<_>>(), vec![(0, 1000, 32)]);
+        // Shapes where rows would overlap or addresses overflow are refused.
+        assert_eq!(Rows { pitch: 4, ..r }.span(), Err(CuError::INVALID_VALUE));
+        assert_eq!(Rows { slice_pitch: 20, ..r }.span(), Err(CuError::INVALID_VALUE));
+        assert_eq!(Rows { base: u64::MAX - 64, ..r }.span(), Err(CuError::INVALID_VALUE));
+        assert_eq!(Rows { height: 0, ..r }.span(), Err(CuError::INVALID_VALUE));
+        // One slice: its pitch does not matter.
+        assert_eq!(Rows { count: 2, slice_pitch: 0, ..r }.span(), Ok((1000, 1024)));
+    }
+
+    #[test]
+    fn default_pools_are_never_minted_handles() {
+        for dev in 0..8 {
+            let p = MemPool::default_of(dev);
+            assert_eq!(p.default_device(), Some(dev));
+            assert!(p.0 < 0x1000 && p.0 % 0x10 != 0);
+        }
+        assert_eq!(MemPool(0x1000).default_device(), None);
+        assert_eq!(MemPool(0x1008).default_device(), None);
+        assert_eq!(MemPool::NULL.default_device(), None);
+    }
 }

@@ -8,15 +8,15 @@
 //! so it is tested without a network.
 #![forbid(unsafe_code)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use cuwire_protocol::api::Payload;
-use cuwire_protocol::limits::{MAX_NAME, MAX_PAYLOAD};
+use cuwire_protocol::limits::{MAX_COPY_ROWS, MAX_LOAD_LOG, MAX_MEM_POOLS, MAX_NAME, MAX_PAYLOAD};
 use cuwire_protocol::{
-    calls, dispatch, Call, CallKind, Ctx, CuError, CuResult, DevPtr, Event, Func, Function, Handler, Kernel, Latched, Library, Module,
-    ModuleInfo, ServerMsg, Stream,
+    calls, dispatch, Call, CallKind, Ctx, CuError, CuResult, DevPtr, Event, Func, Function, Handler, Kernel, Latched, Library, MemPool,
+    Module, ModuleInfo, Rows, ServerMsg, Stream,
 };
 
 use crate::backend::{Backend, Id, DEFAULT_STREAM};
@@ -60,6 +60,36 @@ struct Range {
     /// The device it is on (for the tenant's quota).
     dev: usize,
     kind: RangeKind,
+    /// The memory pool a stream-ordered allocation came from.
+    pool: Option<MemPool>,
+}
+
+/// `CUmemPool_attribute` values.
+const POOL_REUSE_FOLLOW_EVENT_DEPENDENCIES: i32 = 1;
+const POOL_REUSE_ALLOW_INTERNAL_DEPENDENCIES: i32 = 3;
+const POOL_RELEASE_THRESHOLD: i32 = 4;
+const POOL_RESERVED_MEM_CURRENT: i32 = 5;
+const POOL_RESERVED_MEM_HIGH: i32 = 6;
+const POOL_USED_MEM_CURRENT: i32 = 7;
+const POOL_USED_MEM_HIGH: i32 = 8;
+
+/// A memory pool of the session. Its allocations are ordinary allocations, counted in the
+/// tenant's quota like any other; the pool keeps no freed memory for reuse, so what it holds
+/// (reserved) is always what is in use, and the release threshold changes nothing.
+struct PoolEntry {
+    /// The tenant's device and its backend ordinal.
+    tenant_dev: i32,
+    dev: usize,
+    /// `CUmemPoolProps::maxSize` (0: no limit beyond the quota).
+    max_size: u64,
+    /// The three reuse policies (attributes 1..=3), remembered.
+    reuse: [u64; 3],
+    release_threshold: u64,
+    used: u64,
+    used_high: u64,
+    reserved_high: u64,
+    /// Destroyed while allocations were outstanding: gone once they are freed.
+    destroyed: bool,
 }
 
 struct LibraryEntry {
@@ -67,6 +97,22 @@ struct LibraryEntry {
     info: ModuleInfo,
     /// The library loaded as a module in each context that used it.
     loaded: HashMap<Ctx, Id>,
+}
+
+impl PoolEntry {
+    fn new(tenant_dev: i32, dev: usize, max_size: u64) -> Self {
+        PoolEntry {
+            tenant_dev,
+            dev,
+            max_size,
+            reuse: [1; 3],
+            release_threshold: 0,
+            used: 0,
+            used_high: 0,
+            reserved_high: 0,
+            destroyed: false,
+        }
+    }
 }
 
 /// Counts of what a session holds, for status and tests.
@@ -130,6 +176,13 @@ pub struct Session {
     /// Device memory each loaded module's variables hold, counted in the tenant's quota:
     /// (context, device, bytes).
     module_bytes: HashMap<Id, (Ctx, usize, u64)>,
+    /// Memory pools: each device's default one, and those the client created.
+    mem_pools: HashMap<MemPool, PoolEntry>,
+    /// The pool cuMemAllocAsync takes from, by tenant device.
+    current_pool: Vec<MemPool>,
+    /// Why recent module or library loads failed, by the handle the client gave the load,
+    /// until the client asks (LoadLog); the oldest go first.
+    load_logs: VecDeque<(u64, String)>,
     latched: Option<Latched>,
     metrics: SessionMetrics,
 }
@@ -158,6 +211,9 @@ impl Session {
 
     /// A session of a tenant on a shared pool, on the devices placed for it.
     pub fn with_pool(id: u64, tenant: String, pool: Arc<Pool>, devices: Vec<usize>) -> Self {
+        let mem_pools =
+            devices.iter().enumerate().map(|(i, dev)| (MemPool::default_of(i as i32), PoolEntry::new(i as i32, *dev, 0))).collect();
+        let current_pool = (0..devices.len()).map(|i| MemPool::default_of(i as i32)).collect();
         Session {
             id,
             metrics: SessionMetrics::new(&tenant),
@@ -176,6 +232,9 @@ impl Session {
             kernels: HashMap::new(),
             ranges: BTreeMap::new(),
             module_bytes: HashMap::new(),
+            mem_pools,
+            current_pool,
+            load_logs: VecDeque::new(),
             latched: None,
         }
     }
@@ -260,6 +319,7 @@ impl Session {
         self.libraries.clear();
         self.kernels.clear();
         self.ranges.clear();
+        self.mem_pools.clear();
     }
 
     // ---- lookups: every client handle goes through these
@@ -332,8 +392,13 @@ impl Session {
     fn destroy_ctx(&mut self, ctx: Ctx) -> CuResult<()> {
         let entry = self.contexts.remove(&ctx).ok_or(CuError::INVALID_CONTEXT)?;
         let (pool, tenant) = (self.pool.clone(), self.tenant.clone());
+        let mut from_pools = Vec::new();
         for r in self.ranges.values().filter(|r| r.ctx == ctx && r.kind == RangeKind::Allocation) {
             pool.release_memory(&tenant, r.dev, r.size);
+            from_pools.extend(r.pool.map(|p| (p, r.size)));
+        }
+        for (p, size) in from_pools {
+            self.pool_release(p, size);
         }
         for _ in self.streams.values().filter(|(c, _)| *c == ctx) {
             pool.release_stream(&tenant);
@@ -357,9 +422,33 @@ impl Session {
     /// Loads an image into a context, counting its variables against the tenant's quota; over
     /// quota, the module is unloaded again and the load fails with CUDA_ERROR_OUT_OF_MEMORY.
     fn load_counted(&mut self, ctx: Ctx, image: &[u8]) -> CuResult<crate::backend::LoadedModule> {
+        self.load_counted_logged(ctx, image, None)
+    }
+
+    /// [`Session::load_counted`], keeping the backend's explanation of a failure under the
+    /// client's handle for the load (`log_key`) until the client asks for it.
+    fn load_counted_logged(&mut self, ctx: Ctx, image: &[u8], log_key: Option<u64>) -> CuResult<crate::backend::LoadedModule> {
         let entry = self.ctx_entry(ctx)?;
         let (cid, dev) = (entry.id, entry.dev);
-        let loaded = self.backend.module_load(cid, image)?;
+        let loaded = match self.backend.module_load_explained(cid, image) {
+            Ok(loaded) => loaded,
+            Err((e, mut text)) => {
+                if let Some(key) = log_key.filter(|_| !text.is_empty()) {
+                    if text.len() > MAX_LOAD_LOG {
+                        let mut cut = MAX_LOAD_LOG;
+                        while !text.is_char_boundary(cut) {
+                            cut -= 1;
+                        }
+                        text.truncate(cut);
+                    }
+                    if self.load_logs.len() >= 8 {
+                        self.load_logs.pop_front();
+                    }
+                    self.load_logs.push_back((key, text));
+                }
+                return Err(e);
+            }
+        };
         if loaded.global_bytes > 0 {
             if let Err(e) = self.pool.reserve_memory(&self.tenant, dev, loaded.global_bytes) {
                 let _ = self.backend.module_unload(cid, loaded.id);
@@ -368,6 +457,45 @@ impl Session {
             self.module_bytes.insert(loaded.id, (ctx, dev, loaded.global_bytes));
         }
         Ok(loaded)
+    }
+
+    /// A pool's allocation of `size` bytes went away.
+    fn pool_release(&mut self, pool: MemPool, size: u64) {
+        if let Some(p) = self.mem_pools.get_mut(&pool) {
+            p.used = p.used.saturating_sub(size);
+            if p.destroyed && p.used == 0 {
+                self.mem_pools.remove(&pool);
+            }
+        }
+    }
+
+    /// Frees one of this session's own allocations, given its base (cuMemFree, cuMemFreeAsync).
+    fn free_allocation(&mut self, dptr: DevPtr) -> CuResult<()> {
+        let r = *self.ranges.get(&dptr).filter(|r| r.kind == RangeKind::Allocation).ok_or(CuError::INVALID_VALUE)?;
+        let id = self.ctx_entry(r.ctx)?.id;
+        self.backend.mem_free(id, dptr)?;
+        self.ranges.remove(&dptr);
+        self.pool.release_memory(&self.tenant, r.dev, r.size);
+        if let Some(p) = r.pool {
+            self.pool_release(p, r.size);
+        }
+        Ok(())
+    }
+
+    /// A live (not destroyed) pool of the session.
+    fn mem_pool(&mut self, pool: MemPool) -> CuResult<&mut PoolEntry> {
+        self.mem_pools.get_mut(&pool).filter(|p| !p.destroyed).ok_or(CuError::INVALID_VALUE)
+    }
+
+    /// Checks a 2-D/3-D copy's rows against context `ctx`'s allocations: the span they lie in
+    /// must be inside one allocation (or module variable). Returns the bytes they hold.
+    fn check_rows(&self, ctx: Ctx, rows: &Rows) -> CuResult<u64> {
+        if rows.count > MAX_COPY_ROWS {
+            return Err(CuError::INVALID_VALUE);
+        }
+        let (start, end) = rows.span()?;
+        self.check_range(ctx, start, end - start)?;
+        rows.bytes()
     }
 
     /// Gives a module's variables back to the quota.
@@ -496,18 +624,13 @@ impl Handler for Session {
         // The quota is taken first: an allocation over it never reaches the GPU.
         self.pool.reserve_memory(&self.tenant, dev, req.bytesize)?;
         let ptr = self.backend.mem_alloc(id, req.bytesize).inspect_err(|_| self.pool.release_memory(&self.tenant, dev, req.bytesize))?;
-        self.ranges.insert(ptr, Range { size: req.bytesize, ctx, dev, kind: RangeKind::Allocation });
+        self.ranges.insert(ptr, Range { size: req.bytesize, ctx, dev, kind: RangeKind::Allocation, pool: None });
         Ok(calls::cuMemAlloc_v2::Rep { dptr: ptr, ..Default::default() })
     }
 
     fn cuMemFree_v2(&mut self, req: calls::cuMemFree_v2::Req, _: &mut Payload) -> CuResult<calls::cuMemFree_v2::Rep> {
         // Only the base of one of this session's own allocations can be freed.
-        let r = *self.ranges.get(&req.dptr).filter(|r| r.kind == RangeKind::Allocation).ok_or(CuError::INVALID_VALUE)?;
-        let id = self.ctx_entry(r.ctx)?.id;
-        self.backend.mem_free(id, req.dptr)?;
-        self.ranges.remove(&req.dptr);
-        self.pool.release_memory(&self.tenant, r.dev, r.size);
-        Ok(Default::default())
+        self.free_allocation(req.dptr).map(|_| Default::default())
     }
 
     fn cuMemGetAddressRange_v2(
@@ -655,13 +778,17 @@ impl Handler for Session {
     fn ModuleLoad(&mut self, req: calls::ModuleLoad::Req, io: &mut Payload) -> CuResult<calls::ModuleLoad::Rep> {
         Self::new_handle(&self.modules, &req.module, req.module.is_null())?;
         let ctx = self.current;
-        let loaded = self.load_counted(ctx, &io.input)?;
+        let loaded = self.load_counted_logged(ctx, &io.input, Some(req.module.0))?;
         self.modules.insert(req.module, (ctx, loaded.id));
         Ok(calls::ModuleLoad::Rep { module: (), info: ModuleInfo { functions: loaded.functions, globals: Vec::new() } })
     }
 
     fn cuModuleUnload(&mut self, req: calls::cuModuleUnload::Req, _: &mut Payload) -> CuResult<calls::cuModuleUnload::Rep> {
         let (ctx, id) = *self.modules.get(&req.module).ok_or(CuError::INVALID_HANDLE)?;
+        // A library's module (cuLibraryGetModule) is the library's: it goes with cuLibraryUnload.
+        if self.libraries.values().any(|l| l.loaded.get(&ctx) == Some(&id)) {
+            return Err(CuError::INVALID_HANDLE);
+        }
         self.modules.remove(&req.module);
         self.ranges.retain(|_, r| r.kind != RangeKind::Global(req.module));
         let cid = self.ctx_entry(ctx)?.id;
@@ -687,7 +814,7 @@ impl Handler for Session {
         let (dptr, bytes) = self.backend.module_global(cid, mid, &req.name)?;
         // The variable becomes a range the tenant may copy to and from.
         let dev = self.ctx_entry(ctx)?.dev;
-        self.ranges.entry(dptr).or_insert(Range { size: bytes, ctx, dev, kind: RangeKind::Global(req.module) });
+        self.ranges.entry(dptr).or_insert(Range { size: bytes, ctx, dev, kind: RangeKind::Global(req.module), pool: None });
         Ok(calls::ModuleGetGlobal::Rep { dptr, bytes, ..Default::default() })
     }
 
@@ -696,7 +823,7 @@ impl Handler for Session {
         // A library is context-independent; it is loaded into each context that uses it. The
         // first load, into the current context, validates it and describes its entry points.
         let ctx = self.current;
-        let loaded = self.load_counted(ctx, &io.input)?;
+        let loaded = self.load_counted_logged(ctx, &io.input, Some(req.library.0))?;
         let info = ModuleInfo { functions: loaded.functions, globals: Vec::new() };
         let mut entry = LibraryEntry { image: io.input.clone(), info: info.clone(), loaded: HashMap::new() };
         entry.loaded.insert(ctx, loaded.id);
@@ -753,7 +880,7 @@ impl Handler for Session {
         let cid = self.ctx_entry(ctx)?.id;
         let (dptr, bytes) = self.backend.module_global(cid, mid, &req.name)?;
         let dev = self.ctx_entry(ctx)?.dev;
-        self.ranges.entry(dptr).or_insert(Range { size: bytes, ctx, dev, kind: RangeKind::Global(Module::NULL) });
+        self.ranges.entry(dptr).or_insert(Range { size: bytes, ctx, dev, kind: RangeKind::Global(Module::NULL), pool: None });
         Ok(calls::LibraryGetGlobal::Rep { dptr, bytes, ..Default::default() })
     }
 
@@ -772,5 +899,164 @@ impl Handler for Session {
         let (backend, params) = (&self.backend, &io.input);
         let r = self.pool.schedule(self.contexts[&fctx].dev, &self.tenant, || backend.launch(cid, fid, req.dims, sid, params));
         self.note(fctx, r).map(|_| Default::default())
+    }
+
+    fn LoadLog(&mut self, req: calls::LoadLog::Req, _: &mut Payload) -> CuResult<calls::LoadLog::Rep> {
+        let log = match self.load_logs.iter().position(|(k, _)| *k == req.handle) {
+            Some(i) => self.load_logs.remove(i).map(|(_, text)| text).unwrap_or_default(),
+            None => String::new(),
+        };
+        Ok(calls::LoadLog::Rep { handle: (), log })
+    }
+
+    fn MemcpyRowsHtoD(&mut self, req: calls::MemcpyRowsHtoD::Req, io: &mut Payload) -> CuResult<calls::MemcpyRowsHtoD::Rep> {
+        let (ctx, cid, sid) = self.stream(req.stream)?;
+        if self.check_rows(ctx, &req.dst)? != io.input.len() as u64 {
+            return Err(CuError::INVALID_VALUE);
+        }
+        let (backend, data, rows) = (&self.backend, &io.input, req.dst);
+        let r = self.pool.schedule(self.contexts[&ctx].dev, &self.tenant, || {
+            rows.runs().try_for_each(|(dst, at, len)| backend.memcpy_htod(cid, sid, dst, data.slice(at as usize..(at + len) as usize)))
+        });
+        self.note(ctx, r).map(|_| Default::default())
+    }
+
+    fn MemcpyRowsDtoH(&mut self, req: calls::MemcpyRowsDtoH::Req, io: &mut Payload) -> CuResult<calls::MemcpyRowsDtoH::Rep> {
+        let (ctx, cid, sid) = self.stream(req.stream)?;
+        let bytes = self.check_rows(ctx, &req.src)?;
+        if bytes > MAX_PAYLOAD as u64 {
+            return Err(CuError::INVALID_VALUE);
+        }
+        let (backend, rows) = (&self.backend, req.src);
+        let r = self.pool.schedule(self.contexts[&ctx].dev, &self.tenant, || {
+            let mut out = Vec::with_capacity(bytes as usize);
+            for (src, _, len) in rows.runs() {
+                out.extend_from_slice(&backend.memcpy_dtoh(cid, sid, src, len)?);
+            }
+            Ok(Bytes::from(out))
+        });
+        io.output = self.note(ctx, r)?;
+        Ok(Default::default())
+    }
+
+    fn MemcpyRowsDtoD(&mut self, req: calls::MemcpyRowsDtoD::Req, _: &mut Payload) -> CuResult<calls::MemcpyRowsDtoD::Rep> {
+        let (ctx, cid, sid) = self.stream(req.stream)?;
+        if req.dst.width != req.src.width || req.dst.count != req.src.count {
+            return Err(CuError::INVALID_VALUE);
+        }
+        self.check_rows(ctx, &req.dst)?;
+        self.check_rows(ctx, &req.src)?;
+        let (backend, dst, src) = (&self.backend, req.dst, req.src);
+        let r = self.pool.schedule(self.contexts[&ctx].dev, &self.tenant, || {
+            dst.runs_with(&src).try_for_each(|(d, s, len)| backend.memcpy_dtod(cid, sid, d, s, len))
+        });
+        self.note(ctx, r).map(|_| Default::default())
+    }
+
+    fn MemPoolCreate(&mut self, req: calls::MemPoolCreate::Req, _: &mut Payload) -> CuResult<calls::MemPoolCreate::Rep> {
+        Self::new_handle(&self.mem_pools, &req.pool, req.pool.is_null() || req.pool.default_device().is_some())?;
+        let dev = self.device(req.dev)?;
+        if self.mem_pools.len() >= MAX_MEM_POOLS + self.devices.len() {
+            return Err(CuError::OUT_OF_MEMORY);
+        }
+        self.mem_pools.insert(req.pool, PoolEntry::new(req.dev, dev, req.max_size));
+        Ok(Default::default())
+    }
+
+    fn MemPoolDestroy(&mut self, req: calls::MemPoolDestroy::Req, _: &mut Payload) -> CuResult<calls::MemPoolDestroy::Rep> {
+        if req.pool.default_device().is_some() {
+            // A device's default pool cannot be destroyed.
+            return Err(CuError::INVALID_VALUE);
+        }
+        let p = self.mem_pool(req.pool)?;
+        let (dev, in_use) = (p.tenant_dev, p.used > 0);
+        // Outstanding allocations stay valid; the pool goes when the last is freed.
+        if in_use {
+            p.destroyed = true;
+        } else {
+            self.mem_pools.remove(&req.pool);
+        }
+        if self.current_pool.get(dev as usize) == Some(&req.pool) {
+            self.current_pool[dev as usize] = MemPool::default_of(dev);
+        }
+        Ok(Default::default())
+    }
+
+    fn DeviceSetMemPool(&mut self, req: calls::DeviceSetMemPool::Req, _: &mut Payload) -> CuResult<calls::DeviceSetMemPool::Rep> {
+        self.device(req.dev)?;
+        if self.mem_pool(req.pool)?.tenant_dev != req.dev {
+            return Err(CuError::INVALID_VALUE);
+        }
+        self.current_pool[req.dev as usize] = req.pool;
+        Ok(Default::default())
+    }
+
+    fn MemAllocAsync(&mut self, req: calls::MemAllocAsync::Req, _: &mut Payload) -> CuResult<calls::MemAllocAsync::Rep> {
+        let (ctx, cid, _) = self.stream(req.stream)?;
+        if req.bytes == 0 {
+            return Err(CuError::INVALID_VALUE);
+        }
+        let dev = self.contexts[&ctx].dev;
+        let pool = if req.pool.is_null() {
+            let tenant_dev = self.devices.iter().position(|d| *d == dev).ok_or(CuError::INVALID_DEVICE)?;
+            self.current_pool[tenant_dev]
+        } else {
+            req.pool
+        };
+        let p = self.mem_pool(pool)?;
+        if p.dev != dev {
+            // A pool of another device than the stream's: peer access is not supported.
+            return Err(CuError::NOT_SUPPORTED);
+        }
+        if p.max_size > 0 && p.used.saturating_add(req.bytes) > p.max_size {
+            return Err(CuError::OUT_OF_MEMORY);
+        }
+        // Exactly as cuMemAlloc: the quota is taken first, so an allocation over it never
+        // reaches the GPU. The backend runs stream work in order, so the memory is there
+        // before anything later on the stream.
+        self.pool.reserve_memory(&self.tenant, dev, req.bytes)?;
+        let ptr = self.backend.mem_alloc(cid, req.bytes).inspect_err(|_| self.pool.release_memory(&self.tenant, dev, req.bytes))?;
+        self.ranges.insert(ptr, Range { size: req.bytes, ctx, dev, kind: RangeKind::Allocation, pool: Some(pool) });
+        let p = self.mem_pools.get_mut(&pool).expect("checked above");
+        p.used += req.bytes;
+        p.used_high = p.used_high.max(p.used);
+        p.reserved_high = p.reserved_high.max(p.used);
+        Ok(calls::MemAllocAsync::Rep { dptr: ptr, ..Default::default() })
+    }
+
+    fn MemFreeAsync(&mut self, req: calls::MemFreeAsync::Req, _: &mut Payload) -> CuResult<calls::MemFreeAsync::Rep> {
+        // In lane order: everything sent before it on any stream has run (the backend runs
+        // stream work in order), so freeing now is freeing at this point of the stream.
+        self.stream(req.stream)?;
+        self.free_allocation(req.dptr).map(|_| Default::default())
+    }
+
+    fn MemPoolGetAttribute(&mut self, req: calls::MemPoolGetAttribute::Req, _: &mut Payload) -> CuResult<calls::MemPoolGetAttribute::Rep> {
+        let p = self.mem_pool(req.pool)?;
+        let value = match req.attr {
+            a @ POOL_REUSE_FOLLOW_EVENT_DEPENDENCIES..=POOL_REUSE_ALLOW_INTERNAL_DEPENDENCIES => p.reuse[(a - 1) as usize],
+            POOL_RELEASE_THRESHOLD => p.release_threshold,
+            // Freed memory goes back at once: what the pool holds is what is in use.
+            POOL_RESERVED_MEM_CURRENT | POOL_USED_MEM_CURRENT => p.used,
+            POOL_RESERVED_MEM_HIGH => p.reserved_high,
+            POOL_USED_MEM_HIGH => p.used_high,
+            _ => return Err(CuError::INVALID_VALUE),
+        };
+        Ok(calls::MemPoolGetAttribute::Rep { value, ..Default::default() })
+    }
+
+    fn MemPoolSetAttribute(&mut self, req: calls::MemPoolSetAttribute::Req, _: &mut Payload) -> CuResult<calls::MemPoolSetAttribute::Rep> {
+        let p = self.mem_pool(req.pool)?;
+        match req.attr {
+            a @ POOL_REUSE_FOLLOW_EVENT_DEPENDENCIES..=POOL_REUSE_ALLOW_INTERNAL_DEPENDENCIES if req.value <= 1 => {
+                p.reuse[(a - 1) as usize] = req.value
+            }
+            POOL_RELEASE_THRESHOLD => p.release_threshold = req.value,
+            // The high-water marks can only be reset (to the current value).
+            POOL_RESERVED_MEM_HIGH if req.value == 0 => p.reserved_high = p.used,
+            POOL_USED_MEM_HIGH if req.value == 0 => p.used_high = p.used,
+            _ => return Err(CuError::INVALID_VALUE),
+        }
+        Ok(Default::default())
     }
 }

@@ -70,3 +70,53 @@ fn module_variables_count_against_the_quota() {
     drop(s);
     assert_eq!(held(&pool), 0, "a closed session gives everything back");
 }
+
+/// cuMemAllocAsync and cuMemAllocFromPoolAsync take from the same quota as cuMemAlloc: before
+/// the GPU is touched, refused with CUDA_ERROR_OUT_OF_MEMORY past it, given back by
+/// cuMemFreeAsync and by the end of the session.
+#[test]
+fn stream_ordered_allocations_count_against_the_quota() {
+    use cuwire_protocol::{MemPool, Stream};
+    const QUOTA: u64 = 1 << 20;
+    let backend = Arc::new(EmuBackend::new(EmuConfig { memories: vec![1 << 30], ..Default::default() }));
+    let tenants = BTreeMap::from([("t".to_string(), TenantConfig { memory_per_gpu: Some(QUOTA), ..Default::default() })]);
+    let pool = Pool::new(backend, PoolPolicy { tenants: Some(tenants), ..Default::default() });
+    let mut s = Session::with_pool(1, "t".into(), pool.clone(), vec![0]);
+    s.handle(
+        Call {
+            seq: 1,
+            ctx: Ctx::NULL,
+            kind: CallKind::Async,
+            request: Request::CtxCreate(calls::CtxCreate::Req { ctx: Ctx(1), flags: 0, dev: 0 }),
+        },
+        Bytes::new(),
+    );
+    let alloc_async = |s: &mut Session, seq: u64, bytes: u64, pool: MemPool| {
+        let req = calls::MemAllocAsync::Req { dptr: (), bytes, pool, stream: Stream::NULL };
+        match call(s, seq, Request::MemAllocAsync(req), Bytes::new()) {
+            Ok(Reply::MemAllocAsync(r)) => Ok(r.dptr),
+            Ok(other) => panic!("unexpected reply {other:?}"),
+            Err(e) => Err(e),
+        }
+    };
+    let mine = MemPool(0x2000);
+    call(&mut s, 2, Request::MemPoolCreate(calls::MemPoolCreate::Req { pool: mine, dev: 0, max_size: 0 }), Bytes::new()).unwrap();
+    let a = alloc_async(&mut s, 3, QUOTA / 2, MemPool::NULL).unwrap();
+    let b = alloc_async(&mut s, 4, QUOTA / 4, mine).unwrap();
+    alloc(&mut s, 5, QUOTA / 4).unwrap();
+    assert_eq!(held(&pool), QUOTA);
+    assert_eq!(alloc_async(&mut s, 6, 1, MemPool::NULL), Err(CuError::OUT_OF_MEMORY));
+    assert_eq!(alloc_async(&mut s, 7, 1, mine), Err(CuError::OUT_OF_MEMORY));
+    assert_eq!(alloc(&mut s, 8, 1), Err(CuError::OUT_OF_MEMORY));
+    assert_eq!(held(&pool), QUOTA, "refused allocations hold nothing");
+
+    // cuMemFreeAsync gives the bytes back, for any allocator to take.
+    call(&mut s, 9, Request::MemFreeAsync(calls::MemFreeAsync::Req { dptr: a, stream: Stream::NULL }), Bytes::new()).unwrap();
+    assert_eq!(held(&pool), QUOTA / 2);
+    alloc(&mut s, 10, QUOTA / 2).unwrap();
+    assert_eq!(alloc_async(&mut s, 11, 1, mine), Err(CuError::OUT_OF_MEMORY));
+    call(&mut s, 12, Request::MemFreeAsync(calls::MemFreeAsync::Req { dptr: b, stream: Stream::NULL }), Bytes::new()).unwrap();
+    alloc_async(&mut s, 13, QUOTA / 4, mine).unwrap();
+    drop(s);
+    assert_eq!(held(&pool), 0, "a closed session gives its pool allocations back");
+}

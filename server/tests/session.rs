@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cuwire_protocol::{
-    calls, Call, CallKind, Ctx, CuError, DevPtr, Event, Func, Latched, LaunchDims, Module, ModuleInfo, Reply, Request, ServerMsg, Stream,
+    calls, Call, CallKind, Ctx, CuError, DevPtr, Event, Func, Latched, LaunchDims, Library, MemPool, Module, ModuleInfo, Reply, Request,
+    Rows, ServerMsg, Stream,
 };
 use cuwire_server::backend::emu::{EmuBackend, EmuConfig};
 use cuwire_server::backend::Backend;
@@ -629,4 +630,195 @@ fn contexts_of_one_session_never_share_an_address() {
     t.ctx = Ctx(1);
     assert_eq!(t.dtoh(first, 4096).map(|b| b.to_vec()), Ok(pattern(4096, 11)), "Ctx(1)'s allocation");
     assert_eq!(t.free(first), Ok(()), "freeing Ctx(1)'s allocation");
+}
+
+// ---------------------------------------------------------------------------
+// 2-D and 3-D copies (rows of a pitched box), stream-ordered allocation, load logs
+
+/// A 3-D box of `w` x `h` x `d` at (`x`, `y`, `z`) of memory with `pitch` and `rows` rows per
+/// slice, starting at `base`: its rows `first .. first + count`.
+#[allow(clippy::too_many_arguments)]
+fn rows(base: DevPtr, w: u64, h: u64, pitch: u64, rows: u64, (x, y, z): (u64, u64, u64), first: u64, count: u64) -> Rows {
+    Rows { base: base + z * rows * pitch + y * pitch + x, width: w, pitch, height: h, slice_pitch: rows * pitch, first, count }
+}
+
+#[test]
+fn row_copies_move_exactly_the_box_and_nothing_else() {
+    let b = backend();
+    let mut t = Tenant::with_ctx(1, &b);
+    // Memory: pitch 64, 10 rows per slice, 4 slices. Box: 20 bytes x 3 rows x 2 slices at (5, 2, 1).
+    let (pitch, rows_per, slices) = (64u64, 10u64, 4u64);
+    let size = pitch * rows_per * slices;
+    let dev = t.alloc(size);
+    let packed = pattern(20 * 3 * 2, 40);
+    let dst = rows(dev, 20, 3, pitch, rows_per, (5, 2, 1), 0, 6);
+    t.sync_with(Request::MemcpyRowsHtoD(calls::MemcpyRowsHtoD::Req { dst, stream: Stream::NULL }), &packed).unwrap();
+    // The CPU model: the same bytes placed by hand.
+    let mut model = vec![0u8; size as usize];
+    for i in 0..6u64 {
+        let (s, r) = (i / 3, i % 3);
+        let at = ((1 + s) * rows_per * pitch + (2 + r) * pitch + 5) as usize;
+        model[at..at + 20].copy_from_slice(&packed[(i * 20) as usize..(i * 20 + 20) as usize]);
+    }
+    assert_eq!(t.dtoh(dev, size).unwrap().to_vec(), model, "exactly the box was written");
+    // Back to the host in two messages (rows 0..4 and 4..6), and device to device into
+    // another layout (pitch 20, contiguous), which then reads back packed.
+    let mut back = Vec::new();
+    for (first, count) in [(0, 4), (4, 2)] {
+        let src = rows(dev, 20, 3, pitch, rows_per, (5, 2, 1), first, count);
+        let a = t.ask(CallKind::Sync, Request::MemcpyRowsDtoH(calls::MemcpyRowsDtoH::Req { src, stream: Stream::NULL }), &[]);
+        a.result.unwrap();
+        back.extend_from_slice(&a.payload);
+    }
+    assert_eq!(back, packed);
+    let flat = t.alloc(120);
+    let req = calls::MemcpyRowsDtoD::Req {
+        dst: rows(flat, 20, 3, 20, 3, (0, 0, 0), 0, 6),
+        src: rows(dev, 20, 3, pitch, rows_per, (5, 2, 1), 0, 6),
+        stream: Stream::NULL,
+    };
+    t.ok(Request::MemcpyRowsDtoD(req));
+    assert_eq!(t.dtoh(flat, 120).unwrap().to_vec(), packed);
+}
+
+#[test]
+fn row_copies_outside_an_allocation_or_of_a_bad_shape_are_invalid_value() {
+    let b = backend();
+    let mut t = Tenant::with_ctx(1, &b);
+    let dev = t.alloc(4096);
+    let data = pattern(4096, 1);
+    t.htod(dev, &data).unwrap();
+    let htod = |t: &mut Tenant, dst: Rows, payload: &[u8]| {
+        t.sync_with(Request::MemcpyRowsHtoD(calls::MemcpyRowsHtoD::Req { dst, stream: Stream::NULL }), payload).map(|_| ())
+    };
+    let ok = Rows { base: dev, width: 16, pitch: 64, height: 8, slice_pitch: 512, first: 0, count: 16 };
+    assert_eq!(htod(&mut t, ok, &[7; 256]), Ok(()));
+    let bad = CuError::INVALID_VALUE;
+    // The last row's end one byte past the allocation.
+    let past = Rows { base: dev + 4096 - 512 - 448 - 15, ..ok };
+    assert_eq!(htod(&mut t, past, &[7; 256]), Err(bad));
+    // Pitch narrower than a row; slices overlapping; empty; too many rows; payload of the wrong size.
+    assert_eq!(htod(&mut t, Rows { pitch: 8, ..ok }, &[7; 256]), Err(bad));
+    assert_eq!(htod(&mut t, Rows { slice_pitch: 64, ..ok }, &[7; 256]), Err(bad));
+    assert_eq!(htod(&mut t, Rows { width: 0, count: 0, ..ok }, &[]), Err(bad));
+    assert_eq!(htod(&mut t, Rows { width: 1, pitch: 1, height: 1 << 21, slice_pitch: 1 << 21, count: (1 << 20) + 1, ..ok }, &[]), Err(bad));
+    assert_eq!(htod(&mut t, ok, &[7; 255]), Err(bad));
+    // Address arithmetic that overflows.
+    assert_eq!(htod(&mut t, Rows { slice_pitch: u64::MAX / 2, ..ok }, &[7; 256]), Err(bad));
+    assert_eq!(htod(&mut t, Rows { first: u64::MAX, count: 2, width: 128, ..ok }, &[7; 256]), Err(bad));
+    // Device to device with mismatched shapes.
+    let req = calls::MemcpyRowsDtoD::Req { dst: ok, src: Rows { count: 15, ..ok }, stream: Stream::NULL };
+    t.fails(Request::MemcpyRowsDtoD(req), bad);
+    // Nothing outside the one good copy changed.
+    let mut model = data.clone();
+    for i in 0..16usize {
+        let at = (i / 8) * 512 + (i % 8) * 64;
+        model[at..at + 16].fill(7);
+    }
+    assert_eq!(t.dtoh(dev, 4096).unwrap().to_vec(), model);
+}
+
+fn alloc_async(t: &mut Tenant, bytes: u64, pool: MemPool) -> Result<DevPtr, CuError> {
+    match t.sync(Request::MemAllocAsync(calls::MemAllocAsync::Req { dptr: (), bytes, pool, stream: Stream::NULL }))? {
+        Reply::MemAllocAsync(r) => Ok(r.dptr),
+        other => panic!("unexpected reply {other:?}"),
+    }
+}
+
+fn pool_attribute(t: &mut Tenant, pool: MemPool, attr: i32) -> Result<u64, CuError> {
+    match t.sync(Request::MemPoolGetAttribute(calls::MemPoolGetAttribute::Req { value: (), pool, attr }))? {
+        Reply::MemPoolGetAttribute(r) => Ok(r.value),
+        other => panic!("unexpected reply {other:?}"),
+    }
+}
+
+#[test]
+fn pools_count_their_allocations_and_refuse_what_is_not_theirs() {
+    const USED_CURRENT: i32 = 7;
+    const USED_HIGH: i32 = 8;
+    let b = backend();
+    let mut t = Tenant::with_ctx(1, &b);
+    let default = MemPool::default_of(0);
+    let a = alloc_async(&mut t, 1000, default).unwrap();
+    let c = alloc_async(&mut t, 24, MemPool::NULL).unwrap();
+    assert_eq!(pool_attribute(&mut t, default, USED_CURRENT), Ok(1024));
+    // Pool memory is ordinary memory: copies reach it, cuMemFree frees it.
+    t.htod(a, &pattern(1000, 3)).unwrap();
+    assert_eq!(t.dtoh(a, 1000).unwrap().to_vec(), pattern(1000, 3));
+    t.free(c).unwrap();
+    t.ok(Request::MemFreeAsync(calls::MemFreeAsync::Req { dptr: a, stream: Stream::NULL }));
+    assert_eq!(pool_attribute(&mut t, default, USED_CURRENT), Ok(0));
+    assert_eq!(pool_attribute(&mut t, default, USED_HIGH), Ok(1024));
+    t.ok(Request::MemPoolSetAttribute(calls::MemPoolSetAttribute::Req { pool: default, attr: USED_HIGH, value: 0 }));
+    assert_eq!(pool_attribute(&mut t, default, USED_HIGH), Ok(0));
+    assert_eq!(t.session.holdings().allocations, 0);
+
+    // A created pool with a maximum size; the current pool follows cuDeviceSetMemPool.
+    let mine = MemPool(0x5000);
+    t.ok(Request::MemPoolCreate(calls::MemPoolCreate::Req { pool: mine, dev: 0, max_size: 4096 }));
+    t.ok(Request::DeviceSetMemPool(calls::DeviceSetMemPool::Req { dev: 0, pool: mine }));
+    let p = alloc_async(&mut t, 4096, MemPool::NULL).unwrap();
+    assert_eq!(alloc_async(&mut t, 1, mine), Err(CuError::OUT_OF_MEMORY), "past the pool's maximum size");
+    assert_eq!(pool_attribute(&mut t, mine, USED_CURRENT), Ok(4096));
+    // Destroyed with an allocation outstanding: the allocation stays usable, the pool is gone
+    // for new allocations, and the device's current pool is its default one again.
+    t.ok(Request::MemPoolDestroy(calls::MemPoolDestroy::Req { pool: mine }));
+    assert_eq!(alloc_async(&mut t, 16, mine), Err(CuError::INVALID_VALUE));
+    t.htod(p, &[1; 4096]).unwrap();
+    alloc_async(&mut t, 16, MemPool::NULL).unwrap();
+    assert_eq!(pool_attribute(&mut t, default, USED_CURRENT), Ok(16));
+    t.free(p).unwrap();
+
+    // Forged, default and duplicate handles; bad attributes; zero bytes.
+    let bad = CuError::INVALID_VALUE;
+    t.fails(Request::MemPoolDestroy(calls::MemPoolDestroy::Req { pool: default }), bad);
+    t.fails(Request::MemPoolCreate(calls::MemPoolCreate::Req { pool: default, dev: 0, max_size: 0 }), bad);
+    t.fails(Request::MemPoolCreate(calls::MemPoolCreate::Req { pool: MemPool(0x6000), dev: 1, max_size: 0 }), CuError::INVALID_DEVICE);
+    assert_eq!(alloc_async(&mut t, 16, MemPool(0x7000)), Err(bad));
+    assert_eq!(alloc_async(&mut t, 16, MemPool::default_of(1)), Err(bad));
+    assert_eq!(alloc_async(&mut t, 0, default), Err(bad));
+    assert_eq!(pool_attribute(&mut t, default, 9), Err(bad));
+    t.fails(Request::MemPoolSetAttribute(calls::MemPoolSetAttribute::Req { pool: default, attr: USED_CURRENT, value: 0 }), bad);
+    t.fails(Request::MemPoolSetAttribute(calls::MemPoolSetAttribute::Req { pool: default, attr: USED_HIGH, value: 5 }), bad);
+    t.fails(Request::DeviceSetMemPool(calls::DeviceSetMemPool::Req { dev: 0, pool: mine }), bad);
+
+    // Another tenant's pool allocations are out of reach, and a closed session frees its own.
+    let mut other = Tenant::with_ctx(2, &b);
+    let theirs = alloc_async(&mut other, 4096, MemPool::NULL).unwrap();
+    assert_eq!(t.free(theirs), Err(bad));
+    t.fails(Request::MemFreeAsync(calls::MemFreeAsync::Req { dptr: theirs, stream: Stream::NULL }), bad);
+    let before = free_mem(&b);
+    drop(other);
+    assert_eq!(free_mem(&b), before + 4096);
+}
+
+#[test]
+fn a_failed_load_leaves_its_explanation_for_the_client_once() {
+    let b = backend();
+    let mut t = Tenant::with_ctx(1, &b);
+    let bad_ptx = b".version 7.0\n.target sm_80\n.address_size 64\n.visible .entry k()\n{\n\tfrobnicate.u32 %r1;\n\tret;\n}\n";
+    let module = Module(0x40);
+    let r = t.sync_with(Request::ModuleLoad(calls::ModuleLoad::Req { module, ..Default::default() }), bad_ptx);
+    assert_eq!(r.err(), Some(CuError::INVALID_PTX));
+    let log = |t: &mut Tenant, handle: u64| match t.ok(Request::LoadLog(calls::LoadLog::Req { handle, log: () })) {
+        Reply::LoadLog(r) => r.log,
+        other => panic!("unexpected reply {other:?}"),
+    };
+    let text = log(&mut t, module.0);
+    assert!(text.contains("line 6") && text.contains("frobnicate"), "{text}");
+    assert_eq!(log(&mut t, module.0), "", "asked once, then forgotten");
+    assert_eq!(log(&mut t, 0x999), "", "no log for a handle that did not fail");
+}
+
+#[test]
+fn a_librarys_module_is_not_unloaded_alone() {
+    let b = backend();
+    let mut t = Tenant::with_ctx(1, &b);
+    let library = Library(0x80);
+    t.sync_with(Request::LibraryLoad(calls::LibraryLoad::Req { library, info: () }), &vecadd_ptx()).unwrap();
+    let module = Module(0x90);
+    t.ok(Request::LibraryGetModule(calls::LibraryGetModule::Req { module, library }));
+    t.fails(Request::cuModuleUnload(calls::cuModuleUnload::Req { module }), CuError::INVALID_HANDLE);
+    // The library's module still works.
+    t.get_function(Func(0xa0), module, "vecadd").unwrap();
 }

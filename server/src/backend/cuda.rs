@@ -453,8 +453,9 @@ impl CudaBackend {
     }
 
     /// `cuModuleLoadDataEx` with an error log when the driver has it, else `cuModuleLoadData`.
-    /// `image` is 8-byte aligned and NUL-terminated (see `aligned_copy`).
-    fn load_raw_module(&self, image: &[u64]) -> CuResult<Handle> {
+    /// `image` is 8-byte aligned and NUL-terminated (see `aligned_copy`). A refusal's JIT error
+    /// log goes to `error_log`.
+    fn load_raw_module(&self, image: &[u64], error_log: &mut String) -> CuResult<Handle> {
         let mut module: Handle = ptr::null_mut();
         if let Some(f) = self.api.module_load_data_ex {
             let mut log = vec![0u8; JIT_LOG_BYTES];
@@ -468,6 +469,7 @@ impl CudaBackend {
             if r != CUDA_SUCCESS {
                 let text = c_buf_to_string(&log);
                 tracing::info!(error = %self.error_name(r), log = %text.trim(), "cuModuleLoadDataEx refused the image");
+                *error_log = text.trim().to_owned();
                 return Err(CuError(r));
             }
             return Ok(module);
@@ -1009,12 +1011,14 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn module_load(&self, ctx: Id, image: &[u8]) -> CuResult<LoadedModule> {
+    fn module_load_explained(&self, ctx: Id, image: &[u8]) -> Result<LoadedModule, (CuError, String)> {
         // Refuse what the driver would read out of bounds or dereference (host pointers).
-        validate_image(image)?;
+        validate_image(image)
+            .map_err(|e| (e, "the image is malformed (empty, a fatbinary wrapper, or a header pointing outside it)".to_owned()))?;
         let buf = aligned_copy(image);
+        let mut log = String::new();
         self.with_ctx(ctx, |c| {
-            let raw = self.load_raw_module(&buf)?;
+            let raw = self.load_raw_module(&buf, &mut log)?;
             let functions = self.describe_module(raw, image);
             let layouts = functions.iter().map(|f| (f.name.clone(), f.params.clone())).collect();
             let id = self.id();
@@ -1022,6 +1026,7 @@ impl Backend for CudaBackend {
             // The driver does not say how much its module variables take.
             Ok(LoadedModule { id, functions, global_bytes: 0 })
         })
+        .map_err(|e| (e, log))
     }
 
     fn module_unload(&self, ctx: Id, module: Id) -> CuResult<()> {

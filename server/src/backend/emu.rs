@@ -165,7 +165,8 @@ fn attribute_table(cc: (i32, i32)) -> Vec<(&'static str, i32)> {
         ("MAX_ACCESS_POLICY_WINDOW_SIZE", 0),
         ("RESERVED_SHARED_MEMORY_PER_BLOCK", 1024),
         ("READ_ONLY_HOST_REGISTER_SUPPORTED", 0),
-        ("MEMORY_POOLS_SUPPORTED", 0),
+        // Stream-ordered allocation (cuMemAllocAsync, pools) is answered by the session.
+        ("MEMORY_POOLS_SUPPORTED", 1),
         ("DMA_BUF_SUPPORTED", 0),
         ("HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED", 0),
         ("VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED", 0),
@@ -200,7 +201,8 @@ impl Backend for EmuBackend {
         for (num, name) in cuda::DEVICE_ATTRIBUTES {
             let short = name.trim_start_matches("CU_DEVICE_ATTRIBUTE_");
             let value = match short {
-                "PCI_DEVICE_ID" => Some(dev as i32),
+                // The same place as the bus id string below: domain 0, bus dev + 1, device 0.
+                "PCI_BUS_ID" => Some(dev as i32 + 1),
                 _ => table.iter().find(|(n, _)| *n == short).map(|(_, v)| *v),
             };
             let slot = values.entry(*num).or_insert(0);
@@ -395,8 +397,8 @@ impl Backend for EmuBackend {
         }
     }
 
-    fn module_load(&self, ctx: Id, image: &[u8]) -> CuResult<LoadedModule> {
-        let c = self.ctx(ctx)?;
+    fn module_load_explained(&self, ctx: Id, image: &[u8]) -> Result<LoadedModule, (CuError, String)> {
+        let c = self.ctx(ctx).map_err(|e| (e, String::new()))?;
         let before = c.mem.used();
         // A fatbinary: run the PTX the driver would choose for this device's architecture.
         let ptx;
@@ -404,12 +406,14 @@ impl Backend for EmuBackend {
             let (ma, mi) = self.cfg.compute_capability;
             let (_, text) = crate::fatbin::best_ptx(image, (ma * 10 + mi) as u32).map_err(|e| {
                 tracing::info!(error = %e, "module load refused");
-                match e {
+                let text = format!("emulated GPU: {e}");
+                let code = match e {
                     crate::fatbin::FatbinError::NoPtx { .. } | crate::fatbin::FatbinError::Unsupported(_) => {
                         CuError(cuda::CUDA_ERROR_NO_BINARY_FOR_GPU)
                     }
                     _ => CuError::INVALID_IMAGE,
-                }
+                };
+                (code, text)
             })?;
             ptx = text;
             &ptx[..]
@@ -418,7 +422,7 @@ impl Backend for EmuBackend {
         };
         let module = Module::load(image, &c.mem).map_err(|e| {
             tracing::info!(error = %e, "module load refused");
-            err(e)
+            (err(e.clone()), format!("emulated GPU: {e}"))
         })?;
         let functions = module
             .kernel_names()

@@ -8,7 +8,7 @@ pub mod emu;
 
 use bytes::Bytes;
 use cuwire_protocol::handshake::DeviceInfo;
-use cuwire_protocol::{CuResult, DevPtr, FunctionInfo, LaunchDims};
+use cuwire_protocol::{CuError, CuResult, DevPtr, FunctionInfo, LaunchDims};
 
 /// A backend object: a context, stream, event, module or function.
 pub type Id = u64;
@@ -66,7 +66,13 @@ pub trait Backend: Send + Sync {
     fn event_elapsed(&self, ctx: Id, start: Id, end: Id) -> CuResult<f32>;
 
     /// Loads a module image (PTX, cubin or fatbinary) into a context.
-    fn module_load(&self, ctx: Id, image: &[u8]) -> CuResult<LoadedModule>;
+    fn module_load(&self, ctx: Id, image: &[u8]) -> CuResult<LoadedModule> {
+        self.module_load_explained(ctx, image).map_err(|(e, _)| e)
+    }
+    /// [`Backend::module_load`], and on failure why, in the words of whatever compiled the
+    /// image (the JIT error log: the emulator's message naming the line, or the driver's
+    /// ptxas log); empty when the backend cannot say.
+    fn module_load_explained(&self, ctx: Id, image: &[u8]) -> Result<LoadedModule, (CuError, String)>;
     fn module_unload(&self, ctx: Id, module: Id) -> CuResult<()>;
     fn module_function(&self, ctx: Id, module: Id, name: &str) -> CuResult<Id>;
     /// A module variable: its address and size.
@@ -75,7 +81,7 @@ pub trait Backend: Send + Sync {
     fn launch(&self, ctx: Id, func: Id, dims: LaunchDims, stream: Id, params: &[u8]) -> CuResult<()>;
     /// `cuFuncSetAttribute` (`CUfunction_attribute`, value).
     fn func_set_attribute(&self, _ctx: Id, _func: Id, _attrib: i32, _value: i32) -> CuResult<()> {
-        Err(cuwire_protocol::CuError::NOT_SUPPORTED)
+        Err(CuError::NOT_SUPPORTED)
     }
     /// Text kernels of this context printed since the last call (device printf).
     fn take_output(&self, ctx: Id) -> Vec<u8>;
