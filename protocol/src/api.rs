@@ -146,7 +146,8 @@ macro_rules! with_api_table {
             // ---- modules, libraries, functions (the image is the payload; the reply describes
             // every entry point so that lookups, attributes and parameter packing stay local)
             ModuleLoad Sync Manual (module: In<Module>, info: Out<ModuleInfo>);
-            cuModuleUnload Async Auto (module: In<Module>);
+            /// Manual: the shim forgets the module's metadata, and keeps a library's module.
+            cuModuleUnload Async Manual (module: In<Module>);
             /// Why a ModuleLoad or LibraryLoad of this handle failed, in the backend's words (its
             /// JIT error log), for the client's CU_JIT_ERROR_LOG_BUFFER; asked after the failure.
             LoadLog Sync Manual (handle: In<u64>, log: Out<String>);

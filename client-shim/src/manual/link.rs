@@ -66,17 +66,17 @@ fn kind_name(kind: c_int) -> &'static str {
 /// `_SIZE_BYTES` option is written back through. Addresses are kept as integers: the caller
 /// owns the memory and the driver API says it stays valid while it may be written.
 #[derive(Debug, Default, Clone, Copy)]
-struct LogBuffer {
+pub(crate) struct LogBuffer {
     buf: usize,
     cap: usize,
     size_slot: usize,
 }
 
-/// The output options of one call.
+/// The output options of one call (also read by the module loads, `module.rs`).
 #[derive(Debug, Default, Clone, Copy)]
-struct JitOutputs {
-    info: LogBuffer,
-    error: LogBuffer,
+pub(crate) struct JitOutputs {
+    pub(crate) info: LogBuffer,
+    pub(crate) error: LogBuffer,
     wall_time_slot: usize,
 }
 
@@ -84,7 +84,7 @@ struct JitOutputs {
 ///
 /// # Safety
 /// `options` and `values` hold `n` entries each (the driver API's contract).
-unsafe fn parse_options(n: c_uint, options: *mut c_int, values: *mut *mut c_void) -> Result<JitOutputs, CuError> {
+pub(crate) unsafe fn parse_options(n: c_uint, options: *mut c_int, values: *mut *mut c_void) -> Result<JitOutputs, CuError> {
     let mut out = JitOutputs::default();
     if n == 0 {
         return Ok(out);
@@ -116,7 +116,7 @@ impl LogBuffer {
     ///
     /// # Safety
     /// The buffer and slot came from [`parse_options`] on options that are still valid.
-    unsafe fn write(&self, text: &str) {
+    pub(crate) unsafe fn write(&self, text: &str) {
         if self.buf == 0 || self.cap == 0 {
             return;
         }
@@ -130,10 +130,33 @@ impl LogBuffer {
     }
 }
 
+impl LogBuffer {
+    /// Empties the buffer: a NUL first byte, and 0 bytes used in the size option's slot.
+    ///
+    /// # Safety
+    /// As [`LogBuffer::write`].
+    pub(crate) unsafe fn clear(&self) {
+        if self.buf == 0 || self.cap == 0 {
+            return;
+        }
+        // SAFETY: the buffer holds cap >= 1 bytes (JIT option contract).
+        unsafe { ffi::write_cstr(self.buf as *mut c_char, 1, "") }.ok();
+        if self.size_slot != 0 {
+            // SAFETY: the slot is an entry of the caller's option value array.
+            unsafe { ffi::write_opt(self.size_slot as *mut usize, 0) };
+        }
+    }
+
+    /// Whether the caller gave a buffer to write to.
+    pub(crate) fn wanted(&self) -> bool {
+        self.buf != 0 && self.cap != 0
+    }
+}
+
 impl JitOutputs {
     /// # Safety
     /// As [`LogBuffer::write`].
-    unsafe fn wall_time(&self, ms: f32) {
+    pub(crate) unsafe fn wall_time(&self, ms: f32) {
         if self.wall_time_slot != 0 {
             // The driver stores a float in the value slot itself.
             // SAFETY: the slot is an entry of the caller's option value array.

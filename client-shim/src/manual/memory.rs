@@ -208,12 +208,30 @@ export! {
     }
 }
 
+/// `CU_MEMHOSTALLOC_DEVICEMAP` / `CU_MEMHOSTREGISTER_DEVICEMAP`.
+const DEVICEMAP: c_uint = 0x02;
+
+/// Host memory mapped into the device's address space: kernels on a GPU in another machine
+/// cannot reach this process's memory, so it is refused, named once on stderr.
+fn mapped_host_memory(name: &'static str) -> CuError {
+    crate::not_supported_detail(name, "mapped host memory: a GPU of the pool cannot reach this process's memory");
+    CuError::NOT_SUPPORTED
+}
+
 export! {
-    fn cuMemHostAlloc(pp: *mut *mut c_void, bytes: usize, _flags: c_uint) {
+    /// Page-locked memory as cuMemAllocHost; with `CU_MEMHOSTALLOC_DEVICEMAP` (mapped into the
+    /// device's address space) `CUDA_ERROR_NOT_SUPPORTED`: a remote GPU cannot reach it.
+    fn cuMemHostAlloc(pp: *mut *mut c_void, bytes: usize, flags: c_uint) {
         client::get()?.current_device()?;
+        if flags & DEVICEMAP != 0 {
+            return Err(mapped_host_memory("cuMemHostAlloc"));
+        }
         host_alloc(pp, bytes)
     }
 }
+
+// cuMemHostGetDevicePointer stays the generated stub (CUDA_ERROR_NOT_SUPPORTED, named once on
+// stderr): there is no device address for this process's memory.
 
 export! {
     fn cuMemFreeHost(p: *mut c_void) {
@@ -241,12 +259,15 @@ export! {
 
 export! {
     /// Host memory is always reachable by the pool's copies (they go through this process), so
-    /// registering only records the range; a device mapping of it (`cuMemHostGetDevicePointer`)
-    /// is not supported.
-    fn cuMemHostRegister_v2 | cuMemHostRegister (p: *mut c_void, bytes: usize, _flags: c_uint) {
+    /// registering only records the range; a device mapping of it (`CU_MEMHOSTREGISTER_DEVICEMAP`,
+    /// `cuMemHostGetDevicePointer`) is not supported.
+    fn cuMemHostRegister_v2 | cuMemHostRegister (p: *mut c_void, bytes: usize, flags: c_uint) {
         let c = client::get()?;
         if p.is_null() || bytes == 0 {
             return Err(CuError::INVALID_VALUE);
+        }
+        if flags & DEVICEMAP != 0 {
+            return Err(mapped_host_memory("cuMemHostRegister"));
         }
         let mut objects = c.objects();
         let start = p as usize;

@@ -5,9 +5,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::*;
 use crate::client::{self, Client, KernelRec, ModuleRec};
+use crate::manual::link::{parse_options, JitOutputs};
 use crate::{context, expect_reply, export, ffi};
 use bytes::Bytes;
 use cuwire_protocol::limits::MAX_PAYLOAD;
@@ -81,11 +83,55 @@ pub unsafe fn read_image(image: *const c_void) -> Result<Vec<u8>, CuError> {
 }
 
 fn load_module(c: &Client, image: Vec<u8>) -> Result<Module, CuError> {
+    load_module_logged(c, image, &JitOutputs::default())
+}
+
+/// Writes the JIT outputs of a module or library load (`cuModuleLoadDataEx`,
+/// `cuLibraryLoadData` options): on success an info line and an empty error log; on failure
+/// the server's explanation (the emulator's message naming the line, or the driver's JIT log),
+/// asked for only when the caller gave an error log buffer. The `_SIZE_BYTES` options receive
+/// the bytes written, NUL included, as the driver's do.
+fn report_load(c: &Client, handle: u64, jit: &JitOutputs, started: Instant, result: Result<&ModuleInfo, CuError>) {
+    let ms = started.elapsed().as_secs_f32() * 1000.0;
+    // SAFETY (every write below): the option buffers and slots are valid during the call
+    // that parsed them (driver API contract), and this runs within it.
+    match result {
+        Ok(info) => unsafe {
+            let n = info.functions.len();
+            jit.info.write(&format!("cuwire: image loaded by the pool ({n} entry point{})", if n == 1 { "" } else { "s" }));
+            jit.error.clear();
+            jit.wall_time(ms);
+        },
+        Err(e) => {
+            let mut text = String::new();
+            if jit.error.wanted() {
+                let req = calls::LoadLog::Req { handle, log: () };
+                if let Ok((reply, _)) = c.call(CallKind::Sync, Request::LoadLog(req), Bytes::new()) {
+                    text = expect_reply!(reply, LoadLog).map(|r| r.log).unwrap_or_default();
+                }
+                if text.is_empty() {
+                    text = format!("cuwire: the pool refused the image: {e}");
+                }
+            }
+            unsafe {
+                jit.info.clear();
+                jit.error.write(&text);
+                jit.wall_time(ms);
+            }
+        }
+    }
+}
+
+fn load_module_logged(c: &Client, image: Vec<u8>, jit: &JitOutputs) -> Result<Module, CuError> {
     c.current_device()?;
+    let started = Instant::now();
     let module = Module(c.mint());
-    let (reply, _) = c.call(CallKind::Sync, Request::ModuleLoad(calls::ModuleLoad::Req { module, info: () }), Bytes::from(image))?;
-    let info = expect_reply!(reply, ModuleLoad)?.info;
-    c.objects().modules.insert(module.0, ModuleRec { info: Arc::new(info), ctx: context::current(), functions: HashMap::new() });
+    let result = c
+        .call(CallKind::Sync, Request::ModuleLoad(calls::ModuleLoad::Req { module, info: () }), Bytes::from(image))
+        .and_then(|(reply, _)| expect_reply!(reply, ModuleLoad))
+        .map(|rep| rep.info);
+    report_load(c, module.0, jit, started, result.as_ref().map_err(|e| *e));
+    c.objects().modules.insert(module.0, ModuleRec { info: Arc::new(result?), ctx: context::current(), functions: HashMap::new() });
     Ok(module)
 }
 
@@ -104,11 +150,20 @@ export! {
 }
 
 export! {
-    /// JIT options are accepted; the log buffers they name are left empty.
-    fn cuModuleLoadDataEx(pmod: *mut Handle, image: *const c_void, _num_options: c_uint, _options: *mut c_int, _values: *mut *mut c_void) {
-        // SAFETY: same contract as cuModuleLoadData.
-        let code = unsafe { cuModuleLoadData(pmod, image) };
-        if code == 0 { Ok(()) } else { Err(CuError(code)) }
+    /// The JIT log buffers and wall time are filled (see [`report_load`]); the other JIT
+    /// options are accepted and have no effect on what the server compiles.
+    fn cuModuleLoadDataEx(pmod: *mut Handle, image: *const c_void, num_options: c_uint, options: *mut c_int, values: *mut *mut c_void) {
+        if pmod.is_null() {
+            return Err(CuError::INVALID_VALUE);
+        }
+        // SAFETY: option arrays of num_options entries (driver API contract).
+        let jit = unsafe { parse_options(num_options, options, values)? };
+        let c = client::get()?;
+        // SAFETY: image is a module image (driver API contract).
+        let bytes = unsafe { read_image(image)? };
+        let m = load_module_logged(c, bytes, &jit)?;
+        // SAFETY: CUmodule* out-parameter.
+        unsafe { ffi::write(pmod, m.0 as Handle) }
     }
 }
 
@@ -202,38 +257,48 @@ export! {
 
 // ---- libraries (context-independent modules) and kernels
 
-fn load_library(c: &Client, image: Vec<u8>) -> Result<Library, CuError> {
+fn load_library(c: &Client, image: Vec<u8>, jit: &JitOutputs) -> Result<Library, CuError> {
+    let started = Instant::now();
     let library = Library(c.mint());
-    let (reply, _) = c.call(CallKind::Sync, Request::LibraryLoad(calls::LibraryLoad::Req { library, info: () }), Bytes::from(image))?;
-    let info: ModuleInfo = expect_reply!(reply, LibraryLoad)?.info;
+    let result = c
+        .call(CallKind::Sync, Request::LibraryLoad(calls::LibraryLoad::Req { library, info: () }), Bytes::from(image))
+        .and_then(|(reply, _)| expect_reply!(reply, LibraryLoad))
+        .map(|rep| rep.info);
+    report_load(c, library.0, jit, started, result.as_ref().map_err(|e| *e));
+    let info: ModuleInfo = result?;
     c.objects().libraries.insert(library.0, ModuleRec { info: Arc::new(info), ctx: context::current(), functions: HashMap::new() });
     Ok(library)
 }
 
 export! {
-    /// JIT and library options are accepted and not acted upon.
-    fn cuLibraryLoadData(plib: *mut Handle, code: *const c_void, _jit_options: *mut c_int, _jit_values: *mut *mut c_void, _num_jit: c_uint,
+    /// The JIT log buffers and wall time are filled as for cuModuleLoadDataEx; library options
+    /// are accepted and not acted upon.
+    fn cuLibraryLoadData(plib: *mut Handle, code: *const c_void, jit_options: *mut c_int, jit_values: *mut *mut c_void, num_jit: c_uint,
                          _lib_options: *mut c_int, _lib_values: *mut *mut c_void, _num_lib: c_uint) {
         if plib.is_null() {
             return Err(CuError::INVALID_VALUE);
         }
+        // SAFETY: option arrays of num_jit entries (driver API contract).
+        let jit = unsafe { parse_options(num_jit, jit_options, jit_values)? };
         let c = client::get()?;
         // SAFETY: code is a module image.
         let bytes = unsafe { read_image(code)? };
-        let l = load_library(c, bytes)?;
+        let l = load_library(c, bytes, &jit)?;
         // SAFETY: CUlibrary* out-parameter.
         unsafe { ffi::write(plib, l.0 as Handle) }
     }
 }
 
 export! {
-    fn cuLibraryLoadFromFile(plib: *mut Handle, fname: *const c_char, _jit_options: *mut c_int, _jit_values: *mut *mut c_void, _num_jit: c_uint,
+    fn cuLibraryLoadFromFile(plib: *mut Handle, fname: *const c_char, jit_options: *mut c_int, jit_values: *mut *mut c_void, num_jit: c_uint,
                              _lib_options: *mut c_int, _lib_values: *mut *mut c_void, _num_lib: c_uint) {
         if plib.is_null() {
             return Err(CuError::INVALID_VALUE);
         }
+        // SAFETY: option arrays of num_jit entries (driver API contract).
+        let jit = unsafe { parse_options(num_jit, jit_options, jit_values)? };
         let c = client::get()?;
-        let l = load_library(c, read_file(fname)?)?;
+        let l = load_library(c, read_file(fname)?, &jit)?;
         // SAFETY: CUlibrary* out-parameter.
         unsafe { ffi::write(plib, l.0 as Handle) }
     }
@@ -301,9 +366,46 @@ export! {
         let info = c.objects().libraries.get(&library.0).map(|l| l.info.clone()).ok_or(CuError::INVALID_HANDLE)?;
         let module = Module(c.mint());
         c.objects().modules.insert(module.0, ModuleRec { info, ctx: context::current(), functions: HashMap::new() });
+        library_modules().insert(module.0, library.0);
         c.send(Request::LibraryGetModule(calls::LibraryGetModule::Req { module, library }), Bytes::new())?;
         // SAFETY: CUmodule* out-parameter.
         unsafe { ffi::write(pmod, module.0 as Handle) }
+    }
+}
+
+/// Modules handed out by cuLibraryGetModule: module -> library.
+fn library_modules() -> std::sync::MutexGuard<'static, HashMap<u64, u64>> {
+    static M: std::sync::OnceLock<std::sync::Mutex<HashMap<u64, u64>>> = std::sync::OnceLock::new();
+    M.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner())
+}
+
+export! {
+    /// Forgets the module here (its metadata and function handles) and unloads it on the
+    /// server. A module from cuLibraryGetModule belongs to its library, which cuLibraryUnload
+    /// unloads: unloading it alone is ignored while the library is loaded (the module stays
+    /// valid), and an invalid handle once the library is gone.
+    fn cuModuleUnload(hmod: Handle) {
+        let c = client::get()?;
+        let module = Module(hmod as u64);
+        let of_library = library_modules().get(&module.0).copied();
+        let mut objects = c.objects();
+        if !objects.modules.contains_key(&module.0) {
+            return Err(CuError::INVALID_HANDLE);
+        }
+        if let Some(library) = of_library {
+            if objects.libraries.contains_key(&library) {
+                return Ok(());
+            }
+            objects.modules.remove(&module.0);
+            library_modules().remove(&module.0);
+            return Err(CuError::INVALID_HANDLE);
+        }
+        let rec = objects.modules.remove(&module.0).expect("checked above");
+        for f in rec.functions.values() {
+            objects.functions.remove(f);
+        }
+        drop(objects);
+        c.send(Request::cuModuleUnload(calls::cuModuleUnload::Req { module }), Bytes::new())
     }
 }
 
@@ -451,10 +553,19 @@ export! {
     fn cuFuncGetName(name: *mut *const c_char, hfunc: Handle) {
         let c = client::get()?;
         let (_, info) = resolve_function(c, hfunc)?;
-        // The driver hands out a pointer that lives as long as the function: keep one per name.
-        let cname = std::ffi::CString::new(info.name.clone()).map_err(|_| CuError::INVALID_VALUE)?;
-        let leaked: &'static std::ffi::CStr = Box::leak(cname.into_boxed_c_str());
+        // The driver hands out a pointer that lives as long as the function: one string per
+        // name, made on the first call and kept (functions of one name share it).
+        static NAMES: std::sync::Mutex<Option<HashMap<String, std::ffi::CString>>> = std::sync::Mutex::new(None);
+        let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+        let names = names.get_or_insert_with(HashMap::new);
+        if !names.contains_key(&info.name) {
+            let cname = std::ffi::CString::new(info.name.clone()).map_err(|_| CuError::INVALID_VALUE)?;
+            names.insert(info.name.clone(), cname);
+        }
+        // The CString's heap buffer does not move when the map grows, and entries are never
+        // removed, so the pointer stays valid for the life of the process.
+        let p = names[&info.name].as_ptr();
         // SAFETY: const char** out-parameter.
-        unsafe { ffi::write(name, leaked.as_ptr()) }
+        unsafe { ffi::write(name, p) }
     }
 }

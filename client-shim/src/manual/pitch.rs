@@ -1,11 +1,10 @@
-//! Pitched allocations and 2-D copies, built on the 1-D paths: a 2-D copy whose rows are
-//! contiguous on the device side travels as one copy; otherwise row by row (each row a
-//! fire-and-forget chunk, the last one waited for when the copy is synchronous).
+//! Pitched allocations and 2-D copies, built on the 3-D copies of `memcpy3d.rs` (a 2-D copy is
+//! one slice): rows travel packed, a message per 4 MiB, whatever their pitch.
 
 use super::*;
-use crate::manual::memory::{dtod, dtoh, htod};
-use crate::{auto, client, export, ffi};
-use cuwire_protocol::{cuda, CuError, Stream};
+use crate::manual::memcpy3d;
+use crate::{auto, export, ffi};
+use cuwire_protocol::{CuError, Stream};
 
 /// `CUDA_MEMCPY2D` (the 64-bit layout of cuda.h).
 #[repr(C)]
@@ -28,9 +27,6 @@ pub struct Memcpy2D {
     pub height: usize,
 }
 
-const HOST: c_int = 1;
-const DEVICE: c_int = 2;
-
 /// The pitch the driver would choose: rows aligned to 512 bytes.
 const PITCH_ALIGN: usize = 512;
 
@@ -51,71 +47,13 @@ export! {
     }
 }
 
-fn copy_2d(c: &Memcpy2D, stream: Stream, sync: bool) -> Result<(), CuError> {
-    client::get()?;
-    let (w, h) = (c.width_in_bytes, c.height);
-    if w == 0 || h == 0 {
-        return Ok(());
-    }
-    if (h > 1 && (c.src_pitch < w || c.dst_pitch < w)) || c.src_memory_type > 2 || c.dst_memory_type > 2 {
-        // Arrays and unified addresses are not supported; pitches narrower than a row are wrong.
-        return Err(if c.src_memory_type > 2 || c.dst_memory_type > 2 { CuError::NOT_SUPPORTED } else { CuError::INVALID_VALUE });
-    }
-    let src_row = |r: usize| (c.src_y + r) * c.src_pitch + c.src_x_in_bytes;
-    let dst_row = |r: usize| (c.dst_y + r) * c.dst_pitch + c.dst_x_in_bytes;
-    match (c.src_memory_type, c.dst_memory_type) {
-        (HOST, DEVICE) => {
-            // Gather the rows; one copy when the device rows are contiguous.
-            let mut rows = Vec::with_capacity(w * h);
-            for r in 0..h {
-                // SAFETY: the caller's source rows are readable (driver API contract).
-                rows.extend_from_slice(unsafe { ffi::slice((c.src_host as *const u8).wrapping_add(src_row(r)) as *const c_void, w)? });
-            }
-            if c.dst_pitch == w || h == 1 {
-                return htod(c.dst_device + dst_row(0) as u64, &rows, stream, sync);
-            }
-            for r in 0..h {
-                htod(c.dst_device + dst_row(r) as u64, &rows[r * w..(r + 1) * w], stream, sync && r + 1 == h)?;
-            }
-            Ok(())
-        }
-        (DEVICE, HOST) => {
-            let mut rows = vec![0u8; w * h];
-            if c.src_pitch == w || h == 1 {
-                dtoh(&mut rows, c.src_device + src_row(0) as u64, stream)?;
-            } else {
-                for r in 0..h {
-                    dtoh(&mut rows[r * w..(r + 1) * w], c.src_device + src_row(r) as u64, stream)?;
-                }
-            }
-            for r in 0..h {
-                // SAFETY: the caller's destination rows are writable (driver API contract).
-                let out = unsafe { ffi::slice_mut((c.dst_host as *mut u8).wrapping_add(dst_row(r)) as *mut c_void, w)? };
-                out.copy_from_slice(&rows[r * w..(r + 1) * w]);
-            }
-            Ok(())
-        }
-        (DEVICE, DEVICE) => {
-            if c.src_pitch == w && c.dst_pitch == w {
-                return dtod(c.dst_device + dst_row(0) as u64, c.src_device + src_row(0) as u64, w * h, stream, sync);
-            }
-            for r in 0..h {
-                dtod(c.dst_device + dst_row(r) as u64, c.src_device + src_row(r) as u64, w, stream, sync && r + 1 == h)?;
-            }
-            Ok(())
-        }
-        (HOST, HOST) => {
-            for r in 0..h {
-                // SAFETY: both rows are valid for `w` bytes (driver API contract); they may not overlap.
-                unsafe {
-                    let from = ffi::slice((c.src_host as *const u8).wrapping_add(src_row(r)) as *const c_void, w)?.to_vec();
-                    ffi::slice_mut((c.dst_host as *mut u8).wrapping_add(dst_row(r)) as *mut c_void, w)?.copy_from_slice(&from);
-                }
-            }
-            Ok(())
-        }
-        _ => Err(CuError(cuda::CUDA_ERROR_INVALID_VALUE)),
-    }
+/// A 2-D copy is a 3-D copy of one slice (see `memcpy3d.rs`): whole rows travel packed, a
+/// message per 4 MiB rather than one per row.
+fn copy_2d(c: &Memcpy2D, stream: Stream, sync: bool, what: &'static str) -> Result<(), CuError> {
+    let side = |memory_type, host: usize, device, x, y, pitch| memcpy3d::Side { memory_type, host, device, x, y, z: 0, pitch, height: 0 };
+    let src = side(c.src_memory_type, c.src_host as usize, c.src_device, c.src_x_in_bytes, c.src_y, c.src_pitch);
+    let dst = side(c.dst_memory_type, c.dst_host as usize, c.dst_device, c.dst_x_in_bytes, c.dst_y, c.dst_pitch);
+    memcpy3d::copy(&src, &dst, memcpy3d::Extent { width: c.width_in_bytes, height: c.height, depth: 1 }, stream, sync, what)
 }
 
 export! {
@@ -124,7 +62,7 @@ export! {
             return Err(CuError::INVALID_VALUE);
         }
         // SAFETY: non-null CUDA_MEMCPY2D* (driver API contract).
-        copy_2d(unsafe { &*p }, Stream::NULL, true)
+        copy_2d(unsafe { &*p }, Stream::NULL, true, "cuMemcpy2D")
     }
 }
 
@@ -134,6 +72,6 @@ export! {
             return Err(CuError::INVALID_VALUE);
         }
         // SAFETY: non-null CUDA_MEMCPY2D* (driver API contract).
-        copy_2d(unsafe { &*p }, Stream(hstream as u64), false)
+        copy_2d(unsafe { &*p }, Stream(hstream as u64), false, "cuMemcpy2DAsync")
     }
 }

@@ -6,14 +6,14 @@ use super::*;
 use crate::{auto, client, context, export, ffi};
 use cuwire_protocol::{cuda, CuError};
 
-enum Kind {
+pub(crate) enum Kind {
     /// Page-locked or registered host memory: (range start, size).
     Host(usize, usize),
     /// Device memory of the tenant: (range start, size).
     Device(u64, u64),
 }
 
-fn classify(p: u64) -> Result<Kind, CuError> {
+pub(crate) fn classify(p: u64) -> Result<Kind, CuError> {
     let c = client::get()?;
     {
         let objects = c.objects();

@@ -107,6 +107,52 @@ export! {
     }
 }
 
+// ---- stream capture: not supported (cuStreamBeginCapture is a stub), so no stream is ever
+// capturing; libraries ask before stream-ordered allocations (cuda-core's memory pools)
+
+/// `CU_STREAM_CAPTURE_STATUS_NONE`.
+const CAPTURE_STATUS_NONE: c_int = 0;
+
+export! {
+    fn cuStreamIsCapturing | cuStreamIsCapturing_ptsz (_hstream: Handle, status: *mut c_int) {
+        client::get()?;
+        // SAFETY: CUstreamCaptureStatus* out-parameter.
+        unsafe { ffi::write(status, CAPTURE_STATUS_NONE) }
+    }
+}
+
+/// What cuStreamGetCaptureInfo answers for a stream that is not capturing: the status, and a
+/// capture id of 0; the graph and dependencies are not defined then and are left alone.
+fn not_capturing(status: *mut c_int, id: *mut u64) -> Result<(), CuError> {
+    client::get()?;
+    // SAFETY: CUstreamCaptureStatus* and optional cuuint64_t* out-parameters.
+    unsafe {
+        ffi::write(status, CAPTURE_STATUS_NONE)?;
+        ffi::write_opt(id, 0);
+    }
+    Ok(())
+}
+
+export! {
+    fn cuStreamGetCaptureInfo | cuStreamGetCaptureInfo_ptsz (_hstream: Handle, status: *mut c_int, id: *mut u64) {
+        not_capturing(status, id)
+    }
+}
+
+export! {
+    fn cuStreamGetCaptureInfo_v2 | cuStreamGetCaptureInfo_v2_ptsz (_hstream: Handle, status: *mut c_int, id: *mut u64, _graph: *mut Handle,
+                                                                  _deps: *mut *const Handle, _num_deps: *mut usize) {
+        not_capturing(status, id)
+    }
+}
+
+export! {
+    fn cuStreamGetCaptureInfo_v3 | cuStreamGetCaptureInfo_v3_ptsz (_hstream: Handle, status: *mut c_int, id: *mut u64, _graph: *mut Handle,
+                                                                  _deps: *mut *const Handle, _edges: *mut *const c_void, _num_deps: *mut usize) {
+        not_capturing(status, id)
+    }
+}
+
 fn ffi_result(code: CUresult) -> Result<(), CuError> {
     if code == 0 {
         Ok(())
