@@ -196,14 +196,32 @@ static TOOLS_HOOKS_TABLE: Table<7> =
 
 // ---- {c693336e-…} context-local storage
 
-/// `void (*)(CUcontext, void *key, void *value)`: called by the real driver when the context
-/// goes away. Kept, not yet called (contexts here are released with the process).
+/// `void (*)(CUcontext, void *key, void *value)`: called when the context goes away
+/// ([`destroy_context_storage`]).
 type ClsDestructor = Option<unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_void)>;
 
 struct ClsValue {
     value: usize,
-    #[allow(dead_code)]
     destructor: ClsDestructor,
+}
+
+/// A context goes away (cuCtxDestroy, the last release or a reset of a primary context): its
+/// stored values are forgotten and their destructors run, as the driver runs them, while the
+/// context is still valid. No lock is held during the calls (a destructor may call back).
+pub fn destroy_context_storage(ctx: u64) {
+    let gone: Vec<(usize, ClsValue)> = {
+        let mut cls = CLS.lock().unwrap_or_else(|p| p.into_inner());
+        let map = cls.get_or_insert_with(HashMap::new);
+        let keys: Vec<(u64, usize)> = map.keys().filter(|(c, _)| *c == ctx).copied().collect();
+        keys.into_iter().filter_map(|k| map.remove(&k).map(|v| (k.1, v))).collect()
+    };
+    for (key, v) in gone {
+        if let Some(destructor) = v.destructor {
+            // SAFETY: a destructor libcudart registered with `put`, called once with the
+            // context, key and value it was registered for, as the driver calls it.
+            unsafe { destructor(ctx as *mut c_void, key as *mut c_void, v.value as *mut c_void) };
+        }
+    }
 }
 
 /// (context, key) -> value. libcudart keeps its per-context state here and reads it on every

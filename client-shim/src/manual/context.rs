@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::client::{self, CtxInfo};
-use crate::{context, export, ffi};
+use crate::{context, export, export_tables, ffi};
 use bytes::Bytes;
 use cuwire_protocol::{calls, Ctx, CuError, Request};
 
@@ -62,6 +62,7 @@ export! {
             Some(info) if !info.primary => {}
             _ => return Err(CuError::INVALID_CONTEXT),
         }
+        export_tables::destroy_context_storage(ctx.0);
         c.objects().contexts.remove(&ctx.0);
         context::forget(ctx);
         c.send(Request::CtxDestroy(calls::CtxDestroy::Req { ctx }), Bytes::new())
@@ -175,13 +176,18 @@ export! {
     fn cuDevicePrimaryCtxRelease_v2 | cuDevicePrimaryCtxRelease (dev: c_int) {
         let c = client::get()?;
         c.device(dev)?;
-        {
+        let gone = {
             let mut objects = c.objects();
             let p = &mut objects.primary[dev as usize];
             if p.refs == 0 {
                 return Err(CuError::INVALID_CONTEXT);
             }
             p.refs -= 1;
+            (p.refs == 0).then_some(p.ctx)
+        };
+        if let Some(ctx) = gone {
+            // The last reference: the primary context goes away.
+            export_tables::destroy_context_storage(ctx);
         }
         c.send(Request::PrimaryCtxRelease(calls::PrimaryCtxRelease::Req { dev }), Bytes::new())
     }
@@ -220,6 +226,10 @@ export! {
     fn cuDevicePrimaryCtxReset_v2 | cuDevicePrimaryCtxReset (dev: c_int) {
         let c = client::get()?;
         c.device(dev)?;
+        let ctx = c.objects().primary[dev as usize].ctx;
+        if ctx != 0 {
+            export_tables::destroy_context_storage(ctx);
+        }
         c.objects().primary[dev as usize].refs = 0;
         c.send(Request::PrimaryCtxReset(calls::PrimaryCtxReset::Req { dev }), Bytes::new())
     }
