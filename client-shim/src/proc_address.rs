@@ -5,6 +5,9 @@
 //! Exports are found with `dlsym` on this library itself, so the answer is exactly what the
 //! dynamic linker would give for that symbol: implemented, or a stub returning
 //! CUDA_ERROR_NOT_SUPPORTED.
+//!
+//! The table is CUDA 12.9's; what CUDA 13.0 changed for callers that ask with
+//! `cudaVersion >= 13000` (libcudart 13) is answered by [`cuda13`].
 
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr};
@@ -125,7 +128,10 @@ fn get_proc_address(symbol: *const c_char, pfn: *mut *mut c_void, version: c_int
     }
     // SAFETY: NUL-terminated symbol name (driver API contract).
     let name = unsafe { CStr::from_ptr(symbol) }.to_str().unwrap_or("");
-    let resolved = resolve(name, version, flags).and_then(|s| lookup(s).ok_or(SYMBOL_NOT_FOUND));
+    let resolved = match cuda13::resolve(name, version, flags & PER_THREAD_DEFAULT_STREAM != 0) {
+        Some(f) => Ok(f),
+        None => resolve(name, version, flags).and_then(|s| lookup(s).ok_or(SYMBOL_NOT_FOUND)),
+    };
     match resolved {
         Ok(p) => {
             // SAFETY: void** and optional CUdriverProcAddressQueryResult* out-parameters.
@@ -136,6 +142,10 @@ fn get_proc_address(symbol: *const c_char, pfn: *mut *mut c_void, version: c_int
             Ok(())
         }
         Err(st) => {
+            if crate::debug() {
+                let why = if st == VERSION_NOT_SUFFICIENT { "version not sufficient" } else { "symbol not found" };
+                eprintln!("cuwire: cuGetProcAddress(\"{name}\", {version}, flags {flags}): {why}");
+            }
             // SAFETY: as above.
             unsafe {
                 ffi::write(pfn, std::ptr::null_mut())?;
@@ -163,5 +173,158 @@ export! {
     fn cuGetExportTable(table: *mut *const c_void, id: *const [u8; 16]) {
         // SAFETY: const void** and const CUuuid* arguments (driver API contract).
         unsafe { crate::export_tables::get_export_table(table, id) }
+    }
+}
+
+/// What CUDA 13.0 changed in `cuGetProcAddress`'s answers, from the `PFN_*_v13000` typedefs of
+/// its cudaTypedefs.h (nvidia-cuda-runtime 13.0.96), for requests with `cudaVersion >= 13000`:
+///
+/// - four functions got a new signature under their old name: `cuCtxGetDevice` and
+///   `cuCtxSynchronize` take the context as an argument (`cuCtxGetDevice_v2`,
+///   `cuCtxSynchronize_v2`), `cuMemcpyBatchAsync` and `cuMemcpy3DBatchAsync` lost their
+///   `failIdx` out-parameter (`…_v2`). libcudart 13 asks for all four at 13000 during
+///   initialisation; handing it the 12.x functions would call them with the wrong arguments.
+/// - new functions: batched prefetch/discard, the memory-pool getters and setters, atomic
+///   capability queries.
+///
+/// The context functions are implemented here on top of the 12.x ones; the rest are not
+/// supported (the 12.x batch copies are not either), so their answer is a function that names
+/// itself once on stderr and returns `CUDA_ERROR_NOT_SUPPORTED`, as the shim's other
+/// unimplemented exports do, rather than a NULL pointer that a caller might call. None of them
+/// is a symbol of the shim: only libcudart 13's lookups reach them.
+mod cuda13 {
+    use std::ffi::{c_int, c_void};
+
+    use cuwire_protocol::{cuda, CuError};
+
+    use crate::ffi::{self, CUresult};
+    use crate::manual::Handle;
+    use crate::{auto, client, context};
+
+    /// The 13.0 answer for `name`, if CUDA 13.0 changed it and the caller asked for 13.0.
+    pub fn resolve(name: &str, version: c_int, per_thread: bool) -> Option<*mut c_void> {
+        if version < 13000 {
+            return None;
+        }
+        let f: *const c_void = match name {
+            "cuCtxGetDevice" => ctx_get_device_v2 as *const c_void,
+            "cuCtxSynchronize" => ctx_synchronize_v2 as *const c_void,
+            _ => return not_supported(name, per_thread),
+        };
+        Some(f as *mut c_void)
+    }
+
+    fn code(r: CUresult) -> Result<(), CuError> {
+        if r == cuda::CUDA_SUCCESS {
+            Ok(())
+        } else {
+            Err(CuError(r))
+        }
+    }
+
+    /// `cuCtxGetDevice_v2(CUdevice *device, CUcontext ctx)`: the device of `ctx`, or of the
+    /// current context when `ctx` is NULL.
+    unsafe extern "C" fn ctx_get_device_v2(device: *mut c_int, ctx: Handle) -> CUresult {
+        ffi::guard("cuCtxGetDevice_v2", || {
+            if ctx.is_null() {
+                // SAFETY: CUdevice* out-parameter, passed on.
+                return code(unsafe { crate::manual::context::cuCtxGetDevice(device) });
+            }
+            let c = client::get()?;
+            let dev = c.objects().contexts.get(&(ctx as u64)).map(|i| i.device).ok_or(CuError::INVALID_CONTEXT)?;
+            // SAFETY: CUdevice* out-parameter.
+            unsafe { ffi::write(device, dev) }
+        })
+    }
+
+    /// `cuCtxSynchronize_v2(CUcontext ctx)`: waits for `ctx` (the current context when NULL),
+    /// made current for the call if it is another one.
+    unsafe extern "C" fn ctx_synchronize_v2(ctx: Handle) -> CUresult {
+        ffi::guard("cuCtxSynchronize_v2", || {
+            if ctx.is_null() || ctx as u64 == context::current().0 {
+                // SAFETY: no arguments.
+                return code(unsafe { auto::cuCtxSynchronize() });
+            }
+            // SAFETY: a context handle, checked by the push.
+            code(unsafe { crate::manual::context::cuCtxPushCurrent_v2(ctx) })?;
+            // SAFETY: no arguments.
+            let synced = code(unsafe { auto::cuCtxSynchronize() });
+            let mut popped: Handle = std::ptr::null_mut();
+            // SAFETY: CUcontext* out-parameter on our stack.
+            code(unsafe { crate::manual::context::cuCtxPopCurrent_v2(&mut popped) })?;
+            synced
+        })
+    }
+
+    /// The functions that are new in CUDA 13.0 or have a new signature there, and are not
+    /// supported: each gets a function that ignores its arguments (harmless under the C calling
+    /// convention), names itself once and fails.
+    macro_rules! unsupported {
+        ($($request:literal => $plain:ident $symbol:literal $(, $ptsz:ident $ptsz_symbol:literal)?;)*) => {
+            $(
+                unsafe extern "C" fn $plain() -> CUresult {
+                    crate::not_supported($symbol)
+                }
+                $(
+                    unsafe extern "C" fn $ptsz() -> CUresult {
+                        crate::not_supported($ptsz_symbol)
+                    }
+                )?
+            )*
+            fn not_supported(name: &str, per_thread: bool) -> Option<*mut c_void> {
+                let f: *const c_void = match name {
+                    $($request => {
+                        $(
+                            if per_thread {
+                                return Some($ptsz as *mut c_void);
+                            }
+                        )?
+                        $plain as *const c_void
+                    })*
+                    _ => return None,
+                };
+                Some(f as *mut c_void)
+            }
+        };
+    }
+
+    unsupported! {
+        "cuMemcpyBatchAsync" => memcpy_batch_v2 "cuMemcpyBatchAsync_v2", memcpy_batch_v2_ptsz "cuMemcpyBatchAsync_v2_ptsz";
+        "cuMemcpy3DBatchAsync" => memcpy_3d_batch_v2 "cuMemcpy3DBatchAsync_v2", memcpy_3d_batch_v2_ptsz "cuMemcpy3DBatchAsync_v2_ptsz";
+        "cuMemPrefetchBatchAsync" => prefetch_batch "cuMemPrefetchBatchAsync", prefetch_batch_ptsz "cuMemPrefetchBatchAsync_ptsz";
+        "cuMemDiscardBatchAsync" => discard_batch "cuMemDiscardBatchAsync", discard_batch_ptsz "cuMemDiscardBatchAsync_ptsz";
+        "cuMemDiscardAndPrefetchBatchAsync" => discard_prefetch_batch "cuMemDiscardAndPrefetchBatchAsync",
+            discard_prefetch_batch_ptsz "cuMemDiscardAndPrefetchBatchAsync_ptsz";
+        "cuMemGetDefaultMemPool" => get_default_mem_pool "cuMemGetDefaultMemPool";
+        "cuMemGetMemPool" => get_mem_pool "cuMemGetMemPool";
+        "cuMemSetMemPool" => set_mem_pool "cuMemSetMemPool";
+        "cuDeviceGetHostAtomicCapabilities" => host_atomic_caps "cuDeviceGetHostAtomicCapabilities";
+        "cuDeviceGetP2PAtomicCapabilities" => p2p_atomic_caps "cuDeviceGetP2PAtomicCapabilities";
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn only_requests_for_13_0_get_13_0_answers() {
+            assert_eq!(resolve("cuCtxGetDevice", 12090, false), None);
+            assert_eq!(resolve("cuCtxGetDevice", 13000, false), Some(ctx_get_device_v2 as *mut c_void));
+            assert_eq!(resolve("cuCtxSynchronize", 13010, true), Some(ctx_synchronize_v2 as *mut c_void));
+            assert_eq!(resolve("cuMemcpyBatchAsync", 13000, false), Some(memcpy_batch_v2 as *mut c_void));
+            assert_eq!(resolve("cuMemcpyBatchAsync", 13000, true), Some(memcpy_batch_v2_ptsz as *mut c_void));
+            assert_eq!(resolve("cuMemGetMemPool", 13000, true), Some(get_mem_pool as *mut c_void));
+            // Everything else is the 12.9 table's.
+            assert_eq!(resolve("cuMemAlloc", 13000, false), None);
+        }
+
+        #[test]
+        fn ctx_get_device_v2_refuses_an_unknown_context() {
+            let mut dev = -1;
+            // SAFETY: valid out-parameter; the handle is checked, not dereferenced.
+            let r = unsafe { ctx_get_device_v2(&mut dev, 0xdead0 as Handle) };
+            assert_ne!(r, cuda::CUDA_SUCCESS);
+            assert_eq!(dev, -1);
+        }
     }
 }
