@@ -4,8 +4,21 @@ use super::*;
 use crate::{client, export, ffi};
 use cuwire_protocol::{cuda, CuError};
 
-/// The driver API level the shim itself implements (reported before cuInit).
-pub const SHIM_DRIVER_VERSION: i32 = 12090;
+/// The driver version the shim reports: `cuDriverGetVersion` answers this before cuInit, and
+/// after it the higher of this and the server's driver version (a newer real driver behind the
+/// pool). Why 13.0:
+/// - libcudart 13 refuses a driver older than 13.0 (`cudaErrorInsufficientDriver` from its
+///   first call); libcudart 12, cuda-bindings 12.9 and numba-cuda only need one at least as new
+///   as their own 12.x, so 13000 serves both (e2e tests runtime, foundation, numba, nvcc13);
+/// - what the shim answers is CUDA 12.9's driver API (the generated tables) plus what CUDA 13.0
+///   changed for callers that ask `cuGetProcAddress` for 13.0 (`proc_address::cuda13`);
+///   nothing of 13.1 or later is known, so no higher number;
+/// - the integrity check libcudart runs (`export_tables`) mixes in the number
+///   `cuDriverGetVersion` returns, so both come from here and cannot disagree.
+///
+/// Whether PTX from a CUDA 13 compiler (ISA 9.0) runs is decided where it is compiled: the
+/// emulated GPU reads it; a real driver older than 13.0 behind the pool refuses it at load.
+pub const SHIM_DRIVER_VERSION: i32 = 13000;
 
 export! {
     /// Connects to the pool (once per process).
