@@ -90,6 +90,12 @@ fn process_dir(kind: &str) -> PathBuf {
     dir
 }
 
+/// `target/<profile>/e2e/<kind>-<pid>`: a directory of this test process for what a test
+/// builds (removed once the process is gone, by a later test process).
+pub fn build_dir(kind: &str) -> PathBuf {
+    process_dir(kind)
+}
+
 /// Replaces (or creates) a symlink atomically.
 fn symlink_force(target: &Path, link: &Path) {
     let tmp = link.with_extension(format!("tmp{}", std::process::id()));
@@ -299,6 +305,15 @@ pub fn cuda_include() -> Option<PathBuf> {
         return dir.join("cuda.h").is_file().then_some(dir);
     }
     venv_site_packages().into_iter().map(|sp| sp.join("nvidia/cuda_runtime/include")).find(|dir| dir.join("cuda.h").is_file())
+}
+
+/// The CUDA 13 toolkit from the PyPI wheels (`nvidia-cuda-nvcc`, `nvidia-nvvm`,
+/// `nvidia-cuda-crt`, `nvidia-cuda-runtime`): the directory holding `bin/nvcc`,
+/// `include/` and `lib/libcudart.so.13`. `CUWIRE_CUDA13`, or `<repo>/.venv/cuda13/nvidia/cu13`
+/// (where scripts/setup-test-deps.sh installs them).
+pub fn cuda13_root() -> Option<PathBuf> {
+    let dir = std::env::var_os("CUWIRE_CUDA13").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".venv/cuda13/nvidia/cu13"));
+    dir.join("bin/nvcc").is_file().then_some(dir)
 }
 
 /// The Python with `cuda-bindings`: `CUWIRE_PYTHON`, or `<repo>/.venv/bin/python`.
