@@ -306,7 +306,7 @@ mod tests {
         for dev in 0..8 {
             let p = MemPool::default_of(dev);
             assert_eq!(p.default_device(), Some(dev));
-            assert!(p.0 < 0x1000 && p.0 % 0x10 != 0);
+            assert!(p.0 < 0x1000 && !p.0.is_multiple_of(0x10));
         }
         assert_eq!(MemPool(0x1000).default_device(), None);
         assert_eq!(MemPool(0x1008).default_device(), None);
