@@ -51,6 +51,14 @@ export! {
 pub fn attribute(dev: c_int, attrib: c_int) -> Result<c_int, CuError> {
     let c = client::get()?;
     let d = c.device(dev)?;
+    // What the shim decides, whatever the pool's GPU could do: mapped host memory is refused
+    // (a remote GPU cannot reach this process's memory); memory pools are the session's, with
+    // no shareable handles.
+    match attrib {
+        cuda::CU_DEVICE_ATTRIBUTE_CAN_MAP_HOST_MEMORY | cuda::CU_DEVICE_ATTRIBUTE_MEMPOOL_SUPPORTED_HANDLE_TYPES => return Ok(0),
+        cuda::CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED => return Ok(1),
+        _ => {}
+    }
     if let Some(v) = d.attributes.get(&attrib) {
         return Ok(*v);
     }
