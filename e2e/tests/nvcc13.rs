@@ -12,9 +12,8 @@
 //! and launches with `cuLaunchKernel`. The emulated GPU runs the PTX nvcc 13 emits
 //! (`.version 9.0`, `.target sm_75`).
 //!
-//! nvcc 13 compresses device code with zstd by default; the fatbinaries here are built with
-//! `--compress-mode=speed` (LZ4, what nvcc 12 emits by default) and with `--no-compress`,
-//! the two forms the server reads.
+//! nvcc 13 compresses device code with zstd by default: the static build keeps that default
+//! (the server decompresses zstd), the shared one is built with `--no-compress`.
 
 #![forbid(unsafe_code)]
 
@@ -55,7 +54,7 @@ fn toolchain_available() -> bool {
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Link {
-    /// nvcc's default: libcudart_static.a, fatbinary compressed with LZ4.
+    /// nvcc's default: libcudart_static.a, fatbinary compressed with zstd.
     Static,
     /// `-cudart shared` spelled out (the wheel has only `libcudart.so.13`, no
     /// `libcudart.so`), fatbinary not compressed.
@@ -82,7 +81,8 @@ fn build(link: Link) -> PathBuf {
         .arg(&exe)
         .arg(&src);
     match link {
-        Link::Static => nvcc.args(["--compress-mode=speed"]),
+        // nvcc 13's default compression (zstd), as real builds have it.
+        Link::Static => &mut nvcc,
         // No rpath: LD_LIBRARY_PATH decides, as for the shim.
         Link::Shared => nvcc.args(["--no-compress", "-cudart", "none", "-l:libcudart.so.13"]),
     };

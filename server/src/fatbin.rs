@@ -10,9 +10,11 @@
 //!   padded), `u32 compressed_size` at 16, `u32 sm` at 28 (e.g. 80), `u64 flags` at 40
 //!   (0x2000: payload is an LZ4 block, 0x8000: zstd), `u64 uncompressed_size` at 56.
 //!
-//! Several containers may follow each other (8-byte aligned). LZ4-compressed PTX is
-//! decompressed here ([`lz4_block`], checked against the reference `lz4` tool's output in the
-//! tests); zstd-compressed entries are refused with a clear error.
+//! Several containers may follow each other (8-byte aligned). Compressed PTX is decompressed
+//! here: LZ4 blocks (nvcc 12's default; [`lz4_block`], checked against the reference `lz4`
+//! tool's output in the tests) and zstd frames (nvcc 13's default; the pure-Rust `ruzstd`
+//! decoder, checked against the `zstd` tool's output), both bounded by the size the entry
+//! header announces.
 
 use std::fmt;
 
@@ -84,29 +86,28 @@ impl Entry<'_> {
 
     /// The PTX text of a PTX entry, decompressed, without the NUL padding.
     pub fn ptx(&self) -> Result<Vec<u8>, FatbinError> {
-        let mut text =
-            if self.flags & FLAG_ZSTD != 0 {
-                return Err(FatbinError::Unsupported(format!(
-                    "the PTX for sm_{} is zstd-compressed; rebuild with -Xfatbin -compress-all=false \
-                 (or --compress-mode=none)",
-                    self.sm
-                )));
-            } else if self.flags & FLAG_LZ4 != 0 {
-                let n = self.compressed_size as usize;
-                let block = self.payload.get(..n).ok_or_else(|| {
-                    FatbinError::Malformed(format!("compressed size {n} exceeds the payload ({} bytes)", self.payload.len()))
-                })?;
-                let want = usize::try_from(self.uncompressed_size).ok().filter(|&w| w <= MAX_PTX).ok_or_else(|| {
-                    FatbinError::Malformed(format!("uncompressed size {} exceeds {} bytes", self.uncompressed_size, MAX_PTX))
-                })?;
-                let out = lz4_block(block, want)?;
-                if out.len() != want {
-                    return Err(FatbinError::Corrupt(format!("LZ4 block gave {} bytes, the header says {want}", out.len())));
-                }
-                out
-            } else {
-                self.payload.to_vec()
+        let mut text = if self.flags & (FLAG_LZ4 | FLAG_ZSTD) != 0 {
+            let n = match self.compressed_size as usize {
+                0 => self.payload.len(),
+                n => n,
             };
+            let block = self
+                .payload
+                .get(..n)
+                .ok_or_else(|| FatbinError::Malformed(format!("compressed size {n} exceeds the payload ({} bytes)", self.payload.len())))?;
+            let want = usize::try_from(self.uncompressed_size)
+                .ok()
+                .filter(|&w| w <= MAX_PTX)
+                .ok_or_else(|| FatbinError::Malformed(format!("uncompressed size {} exceeds {} bytes", self.uncompressed_size, MAX_PTX)))?;
+            let (out, how) =
+                if self.flags & FLAG_ZSTD != 0 { (zstd_frame(block, want)?, "zstd frame") } else { (lz4_block(block, want)?, "LZ4 block") };
+            if out.len() != want {
+                return Err(FatbinError::Corrupt(format!("{how} gave {} bytes, the header says {want}", out.len())));
+            }
+            out
+        } else {
+            self.payload.to_vec()
+        };
         while text.last() == Some(&0) {
             text.pop();
         }
@@ -205,6 +206,16 @@ pub fn best_ptx(image: &[u8], sm: u32) -> Result<(u32, Vec<u8>), FatbinError> {
     Err(first_err.expect("at least one PTX entry was tried"))
 }
 
+/// Decompresses one zstd frame, reading at most `limit + 1` bytes of output (one more than
+/// allowed, so an overlong frame is seen as such rather than cut short).
+pub fn zstd_frame(input: &[u8], limit: usize) -> Result<Vec<u8>, FatbinError> {
+    use std::io::Read;
+    let decoder = ruzstd::decoding::StreamingDecoder::new(input).map_err(|e| FatbinError::Corrupt(format!("zstd frame: {e}")))?;
+    let mut out = Vec::with_capacity(limit.min(1 << 20));
+    decoder.take(limit as u64 + 1).read_to_end(&mut out).map_err(|e| FatbinError::Corrupt(format!("zstd frame: {e}")))?;
+    Ok(out)
+}
+
 /// Decompresses one LZ4 block (the LZ4 block format: sequences of a token, literals, a
 /// 2-byte offset and a match length), producing at most `limit` bytes.
 pub fn lz4_block(input: &[u8], limit: usize) -> Result<Vec<u8>, FatbinError> {
@@ -281,6 +292,29 @@ mod tests {
         0x65, 0x74, 0x3b, 0x0a, 0x7d, 0x0a,
     ];
 
+    /// The same PTX compressed by `zstd -19` (1.5.4).
+    const ZSTD_FRAME: [u8; 142] = [
+        0x28, 0xb5, 0x2f, 0xfd, 0x64, 0x09, 0x00, 0x05, 0x04, 0x00, 0x62, 0x07, 0x19, 0x18, 0x60, 0xd9, 0x01, 0xfc, 0x6d, 0x23, 0x01, 0xc8,
+        0xa9, 0xb0, 0x31, 0x7e, 0x14, 0x05, 0xa9, 0x76, 0x55, 0x29, 0x15, 0x40, 0x41, 0x47, 0x05, 0x4e, 0xfa, 0xa9, 0x83, 0xb5, 0x03, 0xba,
+        0x6d, 0x51, 0x28, 0x0a, 0x84, 0x49, 0x82, 0x20, 0xc7, 0xe1, 0x1c, 0x84, 0xe1, 0xc1, 0x22, 0xc9, 0xb3, 0x94, 0x11, 0x50, 0x4f, 0x87,
+        0x6b, 0xe1, 0x92, 0xf1, 0x52, 0xd1, 0xe3, 0xc5, 0x82, 0xb4, 0x9c, 0x63, 0x55, 0xf3, 0xf6, 0x04, 0xcd, 0x9f, 0x1a, 0xab, 0xc2, 0x65,
+        0xbb, 0x9b, 0xff, 0xfc, 0xb7, 0x4b, 0x19, 0x59, 0x8d, 0xe6, 0xa1, 0x7e, 0xb1, 0x8e, 0x3c, 0x62, 0xac, 0x06, 0x33, 0x5b, 0x59, 0xf3,
+        0xbd, 0x35, 0x0e, 0x0d, 0x20, 0xb0, 0x17, 0x1b, 0x16, 0x82, 0x67, 0x31, 0x14, 0xc1, 0x21, 0x0b, 0x04, 0x4f, 0xc0, 0x50, 0x3c, 0xb8,
+        0x99, 0x1c, 0x3b, 0x0c, 0xe4, 0x0c, 0xc4, 0x42, 0x5b, 0x6f,
+    ];
+
+    #[test]
+    fn zstd_matches_the_reference_tool() {
+        let out = zstd_frame(&ZSTD_FRAME, LZ4_TEXT.len()).unwrap();
+        assert_eq!(std::str::from_utf8(&out).unwrap(), LZ4_TEXT);
+        // A limit below the size stops at limit + 1 bytes; damage and truncation are errors.
+        assert_eq!(zstd_frame(&ZSTD_FRAME, 100).unwrap().len(), 101);
+        for n in 0..ZSTD_FRAME.len() {
+            let _ = zstd_frame(&ZSTD_FRAME[..n], LZ4_TEXT.len());
+        }
+        assert!(zstd_frame(b"not zstd at all", 100).is_err());
+    }
+
     #[test]
     fn lz4_matches_the_reference_tool() {
         let out = lz4_block(&LZ4_BLOCK, LZ4_TEXT.len()).unwrap();
@@ -301,7 +335,7 @@ mod tests {
         e[2..4].copy_from_slice(&0x101u16.to_le_bytes());
         e[4..8].copy_from_slice(&(ENTRY_HEADER as u32).to_le_bytes());
         e[8..16].copy_from_slice(&(padded as u64).to_le_bytes());
-        if flags & FLAG_LZ4 != 0 {
+        if flags & (FLAG_LZ4 | FLAG_ZSTD) != 0 {
             e[16..20].copy_from_slice(&(payload.len() as u32).to_le_bytes());
         }
         e[28..32].copy_from_slice(&sm.to_le_bytes());
@@ -370,9 +404,13 @@ mod tests {
         assert_eq!(e, FatbinError::NoPtx { sass_for: vec![80, 90] });
         assert!(e.to_string().contains("sm_80, sm_90"), "{e}");
 
-        let zstd = container(&[entry(KIND_PTX, 80, FLAG_ZSTD, b"(zstd frame)", 1000)]);
-        let e = best_ptx(&zstd, 80).unwrap_err();
-        assert!(matches!(e, FatbinError::Unsupported(_)) && e.to_string().contains("zstd"), "{e}");
+        // zstd: decompressed; a damaged frame or a size that disagrees is an error.
+        let zstd = container(&[entry(KIND_PTX, 80, FLAG_ZSTD, &ZSTD_FRAME, LZ4_TEXT.len() as u64)]);
+        assert_eq!(best_ptx(&zstd, 80).unwrap().1, LZ4_TEXT.as_bytes());
+        let e = best_ptx(&container(&[entry(KIND_PTX, 80, FLAG_ZSTD, b"(not a zstd frame)", 1000)]), 80).unwrap_err();
+        assert!(matches!(e, FatbinError::Corrupt(_)) && e.to_string().contains("zstd"), "{e}");
+        let e = best_ptx(&container(&[entry(KIND_PTX, 80, FLAG_ZSTD, &ZSTD_FRAME, 10)]), 80).unwrap_err();
+        assert!(matches!(e, FatbinError::Corrupt(_)), "{e}");
 
         // A damaged LZ4 payload, or one whose size disagrees with the header.
         let mut bad = LZ4_BLOCK;

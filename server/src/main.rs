@@ -8,6 +8,7 @@ use cuwire_server::config::{Cli, Config};
 /// emulator's 64 KiB device pages and copy payloads, freed from many session threads, stayed in
 /// per-thread arenas), and mimalloc peaked higher still; jemalloc came back to within 20 MiB of
 /// the baseline, round after round (`e2e/tests/load.rs` checks it).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -16,6 +17,7 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CUWIRE_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
+    #[cfg(feature = "jemalloc")]
     if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
         tracing::warn!("jemalloc background purging unavailable: {e}");
     }
