@@ -432,19 +432,9 @@ impl Session {
         let (cid, dev) = (entry.id, entry.dev);
         let loaded = match self.backend.module_load_explained(cid, image) {
             Ok(loaded) => loaded,
-            Err((e, mut text)) => {
-                if let Some(key) = log_key.filter(|_| !text.is_empty()) {
-                    if text.len() > MAX_LOAD_LOG {
-                        let mut cut = MAX_LOAD_LOG;
-                        while !text.is_char_boundary(cut) {
-                            cut -= 1;
-                        }
-                        text.truncate(cut);
-                    }
-                    if self.load_logs.len() >= 8 {
-                        self.load_logs.pop_front();
-                    }
-                    self.load_logs.push_back((key, text));
+            Err((e, text)) => {
+                if let Some(key) = log_key {
+                    self.keep_load_log(key, text);
                 }
                 return Err(e);
             }
@@ -506,6 +496,45 @@ impl Session {
     }
 
     /// Loads a library into a context on first use there.
+    /// Keeps the backend's explanation of a failed load under the client's handle for it.
+    fn keep_load_log(&mut self, key: u64, mut text: String) {
+        if text.is_empty() {
+            return;
+        }
+        if text.len() > MAX_LOAD_LOG {
+            let mut cut = MAX_LOAD_LOG;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+        }
+        if self.load_logs.len() >= 8 {
+            self.load_logs.pop_front();
+        }
+        self.load_logs.push_back((key, text));
+    }
+
+    /// Checks and describes a library loaded while no context is current (libcudart 13 loads
+    /// the fatbinaries nvcc registered in its first runtime call, before it has a context): in
+    /// a scratch context on the session's first device, thrown away after. The library is then
+    /// loaded into each context on first use ([`Session::library_module`]).
+    fn describe_library(&mut self, image: &[u8], log_key: u64) -> CuResult<ModuleInfo> {
+        let dev = *self.devices.first().ok_or(CuError::INVALID_DEVICE)?;
+        let cid = self.backend.ctx_create(dev, 0)?;
+        let loaded = self.backend.module_load_explained(cid, image);
+        if let Ok(m) = &loaded {
+            let _ = self.backend.module_unload(cid, m.id);
+        }
+        let _ = self.backend.ctx_destroy(cid);
+        match loaded {
+            Ok(m) => Ok(ModuleInfo { functions: m.functions, globals: Vec::new() }),
+            Err((e, text)) => {
+                self.keep_load_log(log_key, text);
+                Err(e)
+            }
+        }
+    }
+
     fn library_module(&mut self, library: Library, ctx: Ctx) -> CuResult<Id> {
         self.ctx_entry(ctx)?;
         let lib = self.libraries.get(&library).ok_or(CuError::INVALID_HANDLE)?;
@@ -823,6 +852,11 @@ impl Handler for Session {
         // A library is context-independent; it is loaded into each context that uses it. The
         // first load, into the current context, validates it and describes its entry points.
         let ctx = self.current;
+        if !self.contexts.contains_key(&ctx) {
+            let info = self.describe_library(&io.input, req.library.0)?;
+            self.libraries.insert(req.library, LibraryEntry { image: io.input.clone(), info: info.clone(), loaded: HashMap::new() });
+            return Ok(calls::LibraryLoad::Rep { library: (), info });
+        }
         let loaded = self.load_counted_logged(ctx, &io.input, Some(req.library.0))?;
         let info = ModuleInfo { functions: loaded.functions, globals: Vec::new() };
         let mut entry = LibraryEntry { image: io.input.clone(), info: info.clone(), loaded: HashMap::new() };

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cuwire_protocol::{
-    calls, Call, CallKind, Ctx, CuError, DevPtr, Event, Func, Latched, LaunchDims, Library, MemPool, Module, ModuleInfo, Reply, Request,
-    Rows, ServerMsg, Stream,
+    calls, Call, CallKind, Ctx, CuError, DevPtr, Event, Func, Kernel, Latched, LaunchDims, Library, MemPool, Module, ModuleInfo, Reply,
+    Request, Rows, ServerMsg, Stream,
 };
 use cuwire_server::backend::emu::{EmuBackend, EmuConfig};
 use cuwire_server::backend::Backend;
@@ -821,4 +821,40 @@ fn a_librarys_module_is_not_unloaded_alone() {
     t.fails(Request::cuModuleUnload(calls::cuModuleUnload::Req { module }), CuError::INVALID_HANDLE);
     // The library's module still works.
     t.get_function(Func(0xa0), module, "vecadd").unwrap();
+}
+
+/// libcudart 13 loads the fatbinaries nvcc registered before it has a context: the library is
+/// checked and described without one, then loaded into the context that first uses it, and a
+/// scratch context leaves nothing behind.
+#[test]
+fn a_library_loaded_before_any_context_works_in_the_first_context_made() {
+    let backend = backend();
+    let free_before = free_mem(&backend);
+    let mut t = Tenant::new(1, &backend);
+    let info = match t.sync_with(Request::LibraryLoad(calls::LibraryLoad::Req { library: Library(7), ..Default::default() }), &vecadd_ptx())
+    {
+        Ok(Reply::LibraryLoad(r)) => r.info,
+        other => panic!("loading vecadd.ptx as a library without a context: {other:?}"),
+    };
+    assert!(info.functions.iter().any(|f| f.name == "vecadd"), "{info:?}");
+    assert_eq!(free_mem(&backend), free_before, "the scratch context left memory behind");
+    // Bad PTX without a context is refused, with nothing kept.
+    let refused =
+        t.sync_with(Request::LibraryLoad(calls::LibraryLoad::Req { library: Library(8), ..Default::default() }), b".version 7.0\nnot ptx");
+    assert!(refused.is_err(), "{refused:?}");
+
+    t.ok(Request::CtxCreate(calls::CtxCreate::Req { ctx: Ctx(1), flags: 0, dev: 0 }));
+    t.ctx = Ctx(1);
+    t.fire(Request::LibraryGetKernel(calls::LibraryGetKernel::Req { kernel: Kernel(1), library: Library(7), name: "vecadd".into() }), &[]);
+    t.fire(Request::KernelGetFunction(calls::KernelGetFunction::Req { func: Func(1), kernel: Kernel(1) }), &[]);
+    let n = 64u32;
+    let (a, b, c) = (t.alloc(4 * n as u64), t.alloc(4 * n as u64), t.alloc(4 * n as u64));
+    let xs: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let ys: Vec<f32> = (0..n).map(|i| 2.0 * i as f32).collect();
+    t.htod(a, &floats(&xs)).unwrap();
+    t.htod(b, &floats(&ys)).unwrap();
+    t.launch_vecadd(&info, Func(1), a, b, c, n).unwrap();
+    let out = t.dtoh(c, 4 * n as u64).unwrap();
+    let sums: Vec<f32> = out.chunks(4).map(|w| f32::from_le_bytes(w.try_into().unwrap())).collect();
+    assert_eq!(sums, (0..n).map(|i| 3.0 * i as f32).collect::<Vec<_>>());
 }
