@@ -127,29 +127,50 @@ impl DeviceScheduler {
         // A tenant back from a short absence (the round trip between its synchronize and its next
         // batch) keeps up to GRACE of credit; a long idle earns no more than that.
         let floor = s.floor - GRACE;
-        s.pass.entry(tenant.to_owned()).and_modify(|p| *p = p.max(floor)).or_insert(floor.max(0.0));
-        let ticket = s.next_ticket;
-        s.next_ticket += 1;
-        s.waiting.insert(ticket, tenant.to_owned());
-        while s.busy || s.next() != Some(ticket) {
-            self.turn.wait(&mut s);
+        match s.pass.get_mut(tenant) {
+            Some(p) => *p = p.max(floor),
+            None => {
+                s.pass.insert(tenant.to_owned(), floor.max(0.0));
+            }
         }
-        s.waiting.remove(&ticket);
+        // The uncontended case (the device idle, nobody waiting) goes straight on: this runs
+        // for every launch, copy and memset.
+        if s.busy || !s.waiting.is_empty() {
+            let ticket = s.next_ticket;
+            s.next_ticket += 1;
+            s.waiting.insert(ticket, tenant.to_owned());
+            while s.busy || s.next() != Some(ticket) {
+                self.turn.wait(&mut s);
+            }
+            s.waiting.remove(&ticket);
+        }
         s.busy = true;
         drop(s);
         let start = Instant::now();
         let out = work();
         let used = start.elapsed().as_secs_f64();
         let mut s = self.state.lock();
-        *s.pass.entry(tenant.to_owned()).or_insert(0.0) += used / share.max(1e-6);
-        *s.used.entry(tenant.to_owned()).or_insert(0.0) += used;
-        let waiting_min = s.waiting.values().filter_map(|t| s.pass.get(t)).cloned().fold(f64::INFINITY, f64::min);
-        if waiting_min.is_finite() {
-            s.floor = s.floor.max(waiting_min);
+        let s = &mut *s;
+        match s.pass.get_mut(tenant) {
+            Some(p) => *p += used / share.max(1e-6),
+            None => {
+                s.pass.insert(tenant.to_owned(), used / share.max(1e-6));
+            }
+        }
+        match s.used.get_mut(tenant) {
+            Some(u) => *u += used,
+            None => {
+                s.used.insert(tenant.to_owned(), used);
+            }
         }
         s.busy = false;
-        drop(s);
-        self.turn.notify_all();
+        if !s.waiting.is_empty() {
+            let waiting_min = s.waiting.values().filter_map(|t| s.pass.get(t)).cloned().fold(f64::INFINITY, f64::min);
+            if waiting_min.is_finite() {
+                s.floor = s.floor.max(waiting_min);
+            }
+            self.turn.notify_all();
+        }
         out
     }
 }
@@ -196,7 +217,9 @@ impl Pool {
     }
 
     pub fn share(&self, tenant: &str) -> f64 {
-        self.limits(tenant).share.unwrap_or(1.0)
+        // Without cloning the tenant's configuration: this runs for every piece of device work.
+        let p = self.policy.read();
+        p.tenants.as_ref().and_then(|t| t.get(tenant)).and_then(|c| c.share).unwrap_or(1.0)
     }
 
     /// Decides whether a tenant may open a session and where it goes. Blocks up to the
