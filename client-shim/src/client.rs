@@ -2,7 +2,7 @@
 //! minted handles for. Created by `cuInit`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
@@ -84,7 +84,7 @@ static CLIENT: OnceLock<Result<Client, CuError>> = OnceLock::new();
 pub fn get() -> Result<&'static Client, CuError> {
     match CLIENT.get() {
         Some(Ok(c)) => {
-            if c.pid != std::process::id() {
+            if FORKED.load(Ordering::Relaxed) {
                 return Err(CuError::NOT_INITIALIZED);
             }
             if c.lane.transport().is_dead() {
@@ -113,6 +113,9 @@ pub fn init() -> Result<&'static Client, CuError> {
         if client.is_ok() {
             // SAFETY: registering a plain extern "C" fn with atexit has no preconditions.
             unsafe { libc::atexit(at_exit) };
+            // SAFETY: registering a plain extern "C" fn (no prepare/parent handlers) has no
+            // preconditions; the handler only stores to an atomic, which is async-signal-safe.
+            unsafe { libc::pthread_atfork(None, None, Some(forked_child)) };
         }
         client
     });
@@ -120,6 +123,15 @@ pub fn init() -> Result<&'static Client, CuError> {
         Ok(c) => Ok(c),
         Err(e) => Err(*e),
     }
+}
+
+/// Set in a child forked after cuInit: the connection is the parent's, and every call fails
+/// as the real driver's do after fork. A flag rather than comparing getpid() on every call,
+/// which is a system call (glibc no longer caches it) on the launch path.
+static FORKED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn forked_child() {
+    FORKED.store(true, Ordering::Relaxed);
 }
 
 extern "C" fn at_exit() {
