@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use bytes::Bytes;
 use cuwire_protocol::frame::{self, RawFrame};
 use cuwire_protocol::handshake::{self, Hello, Welcome};
 use cuwire_protocol::limits::{MAX_FRAME, MAX_HANDSHAKE};
-use cuwire_protocol::{Call, ServerMsg};
+use cuwire_protocol::{Call, CallKind, Function, ServerMsg};
 use quinn::crypto::rustls::QuicServerConfig;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
@@ -289,46 +290,74 @@ async fn connection(
     Ok(())
 }
 
-/// Drives one session: frames in, calls run in order on the session's worker thread, replies
-/// out in the same order.
-async fn run_lane(conn: &quinn::Connection, mut session: Session, mut send: quinn::SendStream, mut recv: quinn::RecvStream) -> Result<()> {
+/// Whether the reader may answer `call` itself instead of handing it to the session's worker:
+/// a synchronous call that carries no data and never waits for device work, while the worker
+/// has nothing queued or running (checked by the caller). Such a call costs a round trip and
+/// nothing else: the two thread hand-offs of the worker path (reader -> worker -> writer) were
+/// most of what a cuwire call cost beyond a raw QUIC ping-pong. Synchronizations qualify only
+/// where the backend finishes device work within each call (the emulated GPU); on a real GPU
+/// they may wait for a kernel and stay on the worker.
+fn answers_inline(call: &Call, payload: &Bytes, work_finishes_in_call: bool) -> bool {
+    if call.kind == CallKind::Async || !payload.is_empty() {
+        return false;
+    }
+    match call.request.function() {
+        Function::cuMemGetInfo_v2 | Function::cuStreamQuery | Function::cuEventQuery => true,
+        Function::cuCtxSynchronize | Function::cuStreamSynchronize | Function::cuEventSynchronize => work_finishes_in_call,
+        _ => false,
+    }
+}
+
+/// Drives one session: frames in, calls run in order on the session's worker thread (or, for
+/// the calls [`answers_inline`] picks, on the reader when the worker is idle), replies out in
+/// the same order.
+async fn run_lane(conn: &quinn::Connection, session: Session, mut send: quinn::SendStream, mut recv: quinn::RecvStream) -> Result<()> {
     // Calls waiting for the worker hold a share of a per-session byte budget, so a client that
     // sends faster than its calls run cannot make the server buffer without bound.
     let budget = Arc::new(Semaphore::new(SESSION_QUEUE_BYTES));
     let (call_tx, mut call_rx) = mpsc::channel::<(Call, Bytes, tokio::sync::OwnedSemaphorePermit)>(1024);
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<(ServerMsg, Bytes)>();
     let session_id = session.id;
+    let work_finishes_in_call = session.backend_work_finishes_in_call();
+    let session = Arc::new(parking_lot::Mutex::new(session));
+    // Calls handed to the worker and not yet answered; the worker counts down only after its
+    // replies are queued, so an inline reply never overtakes one of them.
+    let in_flight = Arc::new(AtomicUsize::new(0));
     // The worker owns the session; when the calls stop coming it frees what the session held.
-    let worker = std::thread::Builder::new().name(format!("session-{session_id}")).spawn(move || {
-        while let Some((call, payload, permit)) = call_rx.blocking_recv() {
-            let outcome = session.handle(call, payload);
-            drop(permit);
-            for msg in outcome.messages {
-                if out_tx.send(msg).is_err() {
-                    break;
+    let worker = {
+        let (session, in_flight, out_tx) = (session.clone(), in_flight.clone(), out_tx.clone());
+        std::thread::Builder::new().name(format!("session-{session_id}")).spawn(move || {
+            while let Some((call, payload, permit)) = call_rx.blocking_recv() {
+                let outcome = session.lock().handle(call, payload);
+                drop(permit);
+                for msg in outcome.messages {
+                    if out_tx.send(msg).is_err() {
+                        break;
+                    }
                 }
+                in_flight.fetch_sub(1, Ordering::Release);
             }
-        }
-        session.close();
-    })?;
+            session.lock().close();
+        })?
+    };
     let writer = async {
         // Replies queued while the last write was under way go out together.
-        let mut chunks: Vec<Bytes> = Vec::with_capacity(64);
+        let mut batch = frame::WriteBatch::default();
         while let Some(first) = out_rx.recv().await {
             let mut next = Some(first);
-            let mut queued = 0usize;
+            let mut replies = 0usize;
             while let Some((msg, payload)) = next.take() {
-                let head = frame::encode(&msg, payload.len())?;
-                queued += head.len() + payload.len();
-                chunks.push(head);
+                batch.push(frame::encode(&msg, payload.len())?);
                 if !payload.is_empty() {
-                    chunks.push(payload);
+                    batch.push(payload);
                 }
-                if queued < (1 << 20) && chunks.len() < 256 {
+                replies += 1;
+                if batch.bytes() < (1 << 20) && replies < 1024 {
                     next = out_rx.try_recv().ok();
                 }
             }
-            let result = send.write_all_chunks(&mut chunks).await;
+            let chunks = batch.chunks();
+            let result = send.write_all_chunks(chunks).await;
             chunks.clear();
             result?;
         }
@@ -361,6 +390,15 @@ async fn run_lane(conn: &quinn::Connection, mut session: Session, mut send: quin
                         anyhow::bail!("undecodable call: {e}");
                     }
                 };
+                if in_flight.load(Ordering::Acquire) == 0 && answers_inline(&call, &raw.payload, work_finishes_in_call) {
+                    for msg in session.lock().handle(call, raw.payload).messages {
+                        if out_tx.send(msg).is_err() {
+                            return Ok(());
+                        }
+                    }
+                    continue;
+                }
+                in_flight.fetch_add(1, Ordering::Relaxed);
                 let cost = (raw.message.len() + raw.payload.len()).clamp(1, SESSION_QUEUE_BYTES) as u32;
                 let Ok(permit) = budget.clone().acquire_many_owned(cost).await else { return Ok(()) };
                 if call_tx.send((call, raw.payload, permit)).await.is_err() {

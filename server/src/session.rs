@@ -240,6 +240,11 @@ impl Session {
     }
 
     /// Runs one call and says what to send back.
+    /// See [`crate::backend::Backend::device_work_finishes_in_call`].
+    pub fn backend_work_finishes_in_call(&self) -> bool {
+        self.backend.device_work_finishes_in_call()
+    }
+
     pub fn handle(&mut self, call: Call, payload: Bytes) -> Outcome {
         let Call { seq, ctx, kind, request } = call;
         let function = request.function();

@@ -184,6 +184,10 @@ impl Backend for EmuBackend {
         "emu"
     }
 
+    fn device_work_finishes_in_call(&self) -> bool {
+        true
+    }
+
     fn driver_version(&self) -> i32 {
         12090
     }

@@ -30,6 +30,12 @@ pub struct LoadedModule {
 pub trait Backend: Send + Sync {
     /// A short name for logs (`emu`, `cuda`).
     fn kind(&self) -> &'static str;
+    /// True when every launch, copy and memset has finished by the time its call returns (the
+    /// emulated GPU), so a synchronize on an idle session never waits. The listener then
+    /// answers such calls on its own thread (see `listener::answers_inline`).
+    fn device_work_finishes_in_call(&self) -> bool {
+        false
+    }
     fn driver_version(&self) -> i32;
     fn device_count(&self) -> usize;
     /// Name, UUID, memory and every attribute of a device.
