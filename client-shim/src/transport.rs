@@ -300,7 +300,7 @@ async fn io_main(
     let writer = async move {
         // Everything queued while the last write was under way goes out in one write: a burst
         // of fire-and-forget calls becomes a few large QUIC packets, not one packet per call.
-        let mut chunks: Vec<Bytes> = Vec::with_capacity(256);
+        let mut batch = frame::WriteBatch::default();
         loop {
             // Calls already queued go out before the exit's end of the lane.
             let first = tokio::select! {
@@ -310,21 +310,22 @@ async fn io_main(
             };
             let Some(first) = first else { break };
             let mut next = Some(first);
-            let mut queued = 0usize;
+            let mut calls = 0usize;
             while let Some(out) = next.take() {
                 if let Some(slot) = out.reply {
                     pending_writer.lock().unwrap().push_back(slot);
                 }
-                queued += out.head.len() + out.payload.len();
-                chunks.push(out.head);
+                batch.push(out.head);
                 if !out.payload.is_empty() {
-                    chunks.push(out.payload);
+                    batch.push(out.payload);
                 }
-                if queued < (1 << 20) && chunks.len() < 512 {
+                calls += 1;
+                if batch.bytes() < (1 << 20) && calls < 4096 {
                     next = rx.try_recv().ok();
                 }
             }
-            let result = send.write_all_chunks(&mut chunks).await;
+            let chunks = batch.chunks();
+            let result = send.write_all_chunks(chunks).await;
             chunks.clear();
             if let Err(e) = result {
                 return Err(match e {
