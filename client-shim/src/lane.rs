@@ -64,10 +64,38 @@ impl Lane {
     }
 }
 
+/// How long a caller spins on its reply before it sleeps (`CUWIRE_SPIN_US`, microseconds,
+/// default 0). Spinning saves the wake-up of a sleeping thread when the reply comes within the
+/// spin, at the price of a busy core meanwhile: worth it where the client host has cores to
+/// spare (not on a small machine shared with the server).
+fn spin_budget() -> std::time::Duration {
+    static SPIN: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+    *SPIN.get_or_init(|| {
+        let us = std::env::var("CUWIRE_SPIN_US").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        std::time::Duration::from_micros(us.min(10_000))
+    })
+}
+
+fn spin_then_recv<T>(rx: &mpsc::Receiver<T>) -> Result<T, mpsc::RecvError> {
+    let budget = spin_budget();
+    if !budget.is_zero() {
+        let start = std::time::Instant::now();
+        loop {
+            match rx.try_recv() {
+                Ok(v) => return Ok(v),
+                Err(mpsc::TryRecvError::Disconnected) => return Err(mpsc::RecvError),
+                Err(mpsc::TryRecvError::Empty) if start.elapsed() < budget => std::hint::spin_loop(),
+                Err(mpsc::TryRecvError::Empty) => break,
+            }
+        }
+    }
+    rx.recv()
+}
+
 impl Ticket {
     /// Waits for the reply. A latched error of an earlier fire-and-forget call comes first.
     pub fn wait(self) -> Result<(Reply, Bytes), CuError> {
-        let (msg, payload) = match self.rx.recv() {
+        let (msg, payload) = match spin_then_recv(&self.rx) {
             Ok(Ok(m)) => m,
             Ok(Err(_)) | Err(_) => return Err(CONNECTION_LOST),
         };
