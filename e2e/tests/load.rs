@@ -223,7 +223,7 @@ fn run_load(clients: usize, ops: usize, timeout: Duration) {
 fn load() {
     let clients = env_or("CUWIRE_LOAD_CLIENTS", 64);
     let ops = env_or("CUWIRE_LOAD_OPS", 10_000);
-    run_load(clients, ops, Duration::from_secs(30 * 60));
+    run_load(clients, ops, Duration::from_secs(60 * 60));
 }
 
 #[test]
