@@ -28,11 +28,10 @@ fn held(pool: &Pool) -> u64 {
     pool.status()["tenants"]["t"]["memory_total"].as_u64().unwrap_or(0)
 }
 
-#[test]
-fn module_variables_count_against_the_quota() {
-    const QUOTA: u64 = 64 << 10;
+/// A session of tenant `t` (memory quota `quota` on GPU 0) with context `Ctx(1)` current.
+fn session_with_quota(quota: u64) -> (Arc<Pool>, Session) {
     let backend = Arc::new(EmuBackend::new(EmuConfig { memories: vec![1 << 30], ..Default::default() }));
-    let tenants = BTreeMap::from([("t".to_string(), TenantConfig { memory_per_gpu: Some(QUOTA), ..Default::default() })]);
+    let tenants = BTreeMap::from([("t".to_string(), TenantConfig { memory_per_gpu: Some(quota), ..Default::default() })]);
     let pool = Pool::new(backend, PoolPolicy { tenants: Some(tenants), ..Default::default() });
     let mut s = Session::with_pool(1, "t".into(), pool.clone(), vec![0]);
     s.handle(
@@ -44,6 +43,13 @@ fn module_variables_count_against_the_quota() {
         },
         Bytes::new(),
     );
+    (pool, s)
+}
+
+#[test]
+fn module_variables_count_against_the_quota() {
+    const QUOTA: u64 = 64 << 10;
+    let (pool, mut s) = session_with_quota(QUOTA);
 
     let ptx = std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e/clients/vecadd.ptx")).unwrap();
     call(&mut s, 2, Request::ModuleLoad(calls::ModuleLoad::Req { module: Module(7), info: () }), Bytes::from(ptx)).unwrap();
@@ -78,19 +84,7 @@ fn module_variables_count_against_the_quota() {
 fn stream_ordered_allocations_count_against_the_quota() {
     use cuwire_protocol::{MemPool, Stream};
     const QUOTA: u64 = 1 << 20;
-    let backend = Arc::new(EmuBackend::new(EmuConfig { memories: vec![1 << 30], ..Default::default() }));
-    let tenants = BTreeMap::from([("t".to_string(), TenantConfig { memory_per_gpu: Some(QUOTA), ..Default::default() })]);
-    let pool = Pool::new(backend, PoolPolicy { tenants: Some(tenants), ..Default::default() });
-    let mut s = Session::with_pool(1, "t".into(), pool.clone(), vec![0]);
-    s.handle(
-        Call {
-            seq: 1,
-            ctx: Ctx::NULL,
-            kind: CallKind::Async,
-            request: Request::CtxCreate(calls::CtxCreate::Req { ctx: Ctx(1), flags: 0, dev: 0 }),
-        },
-        Bytes::new(),
-    );
+    let (pool, mut s) = session_with_quota(QUOTA);
     let alloc_async = |s: &mut Session, seq: u64, bytes: u64, pool: MemPool| {
         let req = calls::MemAllocAsync::Req { dptr: (), bytes, pool, stream: Stream::NULL };
         match call(s, seq, Request::MemAllocAsync(req), Bytes::new()) {
