@@ -347,6 +347,60 @@ fn a_frame_announcing_4_gib_is_refused_without_allocating_it() {
     assert!(peak < 512 << 10, "the server's peak RSS reached {peak} KiB: it allocated what the frame announced");
 }
 
+/// A client that asks for data and never reads the replies (300 device-to-host copies of 4 MiB,
+/// 1.2 GiB in all) stalls only its own session: the server holds at most its reply budget
+/// (256 MiB) for it, serves others meanwhile, and every reply arrives intact once it reads.
+#[test]
+fn a_client_that_never_reads_its_replies_does_not_grow_the_server() {
+    const CHUNK: u64 = 4 << 20;
+    const ASKED: usize = 300;
+    let server = Server::start(&[]);
+    let pid = server.pid();
+    runtime().block_on(async {
+        let mut c = Raw::with_ctx(&server).await;
+        let data = pattern(CHUNK as usize, 21);
+        let ptr = c.alloc(CHUNK).await;
+        c.htod(ptr, &data).await;
+        let mut first = 0;
+        for i in 0..ASKED {
+            let req = Request::MemcpyDtoH(calls::MemcpyDtoH::Req { src: ptr, bytes: CHUNK, stream: Stream::NULL });
+            let seq = c.send_call(CallKind::Sync, req, &[]).await;
+            if i == 0 {
+                first = seq;
+            }
+        }
+        // Let the worker produce what it will: wait until the server's memory stops growing.
+        let (mut last, mut still_since, deadline) = (0, Instant::now(), Instant::now() + Duration::from_secs(15));
+        while still_since.elapsed() < Duration::from_secs(1) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let rss = proc_status_kib(pid, "VmRSS");
+            if rss > last + (4 << 10) {
+                (last, still_since) = (rss, Instant::now());
+            }
+        }
+        assert_serves(&server).await;
+        let peak = proc_status_kib(pid, "VmHWM");
+        eprintln!("server peak RSS with {ASKED} x 4 MiB unread: {peak} KiB");
+        assert!(peak < 560 << 10, "the server's peak RSS reached {peak} KiB: it buffered the unread replies");
+        for i in 0..ASKED as u64 {
+            let raw = tokio::time::timeout(Duration::from_secs(20), read_frame(&mut c.recv, MAX_FRAME))
+                .await
+                .expect("no reply within 20 s")
+                .unwrap_or_else(|e| panic!("no reply: {e}"));
+            match raw.decode::<ServerMsg>().expect("a server message that decodes") {
+                ServerMsg::Reply { seq, result, .. } => {
+                    assert_eq!(seq, first + i, "replies out of order");
+                    assert!(result.is_ok(), "copy {i}: {result:?}");
+                    assert!(raw.payload[..] == data[..], "copy {i} came back wrong");
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        c.close().await;
+    });
+    assert!(server.is_running(), "the server died\n{}", server.log());
+}
+
 /// A frame with the body `body` (the length word is written from its size).
 fn frame_with_body(body: &[u8]) -> Vec<u8> {
     let mut out = (body.len() as u32).to_le_bytes().to_vec();

@@ -31,6 +31,10 @@ pub mod close_codes {
 /// Bytes of calls a session may have queued for its worker (a full copy chunk fits many times).
 const SESSION_QUEUE_BYTES: usize = 256 << 20;
 
+/// Bytes of reply payloads (device-to-host copies) a session may have waiting to be written: a
+/// client that asks for data and does not read it stalls its own worker, not the server's memory.
+const SESSION_REPLY_BYTES: usize = 256 << 20;
+
 pub struct ListenerConfig {
     pub listen: SocketAddr,
     pub idle_timeout: Duration,
@@ -316,7 +320,9 @@ async fn run_lane(conn: &quinn::Connection, session: Session, mut send: quinn::S
     // sends faster than its calls run cannot make the server buffer without bound.
     let budget = Arc::new(Semaphore::new(SESSION_QUEUE_BYTES));
     let (call_tx, mut call_rx) = mpsc::channel::<(Call, Bytes, tokio::sync::OwnedSemaphorePermit)>(1024);
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<(ServerMsg, Bytes)>();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<(ServerMsg, Bytes, Option<OwnedSemaphorePermit>)>();
+    let reply_budget = Arc::new(Semaphore::new(SESSION_REPLY_BYTES));
+    let runtime = tokio::runtime::Handle::current();
     let session_id = session.id;
     let work_finishes_in_call = session.backend_work_finishes_in_call();
     let session = Arc::new(parking_lot::Mutex::new(session));
@@ -325,13 +331,23 @@ async fn run_lane(conn: &quinn::Connection, session: Session, mut send: quinn::S
     let in_flight = Arc::new(AtomicUsize::new(0));
     // The worker owns the session; when the calls stop coming it frees what the session held.
     let worker = {
-        let (session, in_flight, out_tx) = (session.clone(), in_flight.clone(), out_tx.clone());
+        let (session, in_flight, out_tx, reply_budget) = (session.clone(), in_flight.clone(), out_tx.clone(), reply_budget.clone());
         std::thread::Builder::new().name(format!("session-{session_id}")).spawn(move || {
-            while let Some((call, payload, permit)) = call_rx.blocking_recv() {
+            'calls: while let Some((call, payload, permit)) = call_rx.blocking_recv() {
                 let outcome = session.lock().handle(call, payload);
                 drop(permit);
-                for msg in outcome.messages {
-                    if out_tx.send(msg).is_err() {
+                for (msg, payload) in outcome.messages {
+                    // A reply's data holds its share of the budget until it is written.
+                    let held = if payload.is_empty() {
+                        None
+                    } else {
+                        let cost = payload.len().clamp(1, SESSION_REPLY_BYTES) as u32;
+                        match runtime.block_on(reply_budget.clone().acquire_many_owned(cost)) {
+                            Ok(p) => Some(p),
+                            Err(_) => break 'calls,
+                        }
+                    };
+                    if out_tx.send((msg, payload, held)).is_err() {
                         break;
                     }
                 }
@@ -343,10 +359,12 @@ async fn run_lane(conn: &quinn::Connection, session: Session, mut send: quinn::S
     let writer = async {
         // Replies queued while the last write was under way go out together.
         let mut batch = frame::WriteBatch::default();
+        let mut held = Vec::new();
         while let Some(first) = out_rx.recv().await {
             let mut next = Some(first);
             let mut replies = 0usize;
-            while let Some((msg, payload)) = next.take() {
+            while let Some((msg, payload, permit)) = next.take() {
+                held.extend(permit);
                 batch.push(frame::encode(&msg, payload.len())?);
                 if !payload.is_empty() {
                     batch.push(payload);
@@ -359,6 +377,7 @@ async fn run_lane(conn: &quinn::Connection, session: Session, mut send: quinn::S
             let chunks = batch.chunks();
             let result = send.write_all_chunks(chunks).await;
             chunks.clear();
+            held.clear();
             result?;
         }
         anyhow::Ok(())
@@ -391,8 +410,9 @@ async fn run_lane(conn: &quinn::Connection, session: Session, mut send: quinn::S
                     }
                 };
                 if in_flight.load(Ordering::Acquire) == 0 && answers_inline(&call, &raw.payload, work_finishes_in_call) {
-                    for msg in session.lock().handle(call, raw.payload).messages {
-                        if out_tx.send(msg).is_err() {
+                    // Inline answers carry no data (see answers_inline): nothing to budget.
+                    for (msg, payload) in session.lock().handle(call, raw.payload).messages {
+                        if out_tx.send((msg, payload, None)).is_err() {
                             return Ok(());
                         }
                     }
