@@ -12,7 +12,7 @@ use cuwire_protocol::frame;
 use cuwire_protocol::{Call, CallKind, Ctx, CuError, Reply, Request, ServerMsg};
 
 use crate::stats;
-use crate::transport::{Outgoing, Transport};
+use crate::transport::{HostDst, HostWrites, Outgoing, ReplyTo, Transport};
 
 /// The error every call returns once the connection is gone.
 pub const CONNECTION_LOST: CuError = CuError::DEVICE_UNAVAILABLE;
@@ -26,6 +26,8 @@ pub struct Lane {
 pub struct Ticket {
     rx: mpsc::Receiver<Result<(ServerMsg, Bytes), String>>,
     function: &'static str,
+    /// For a `Barrier`: where an asynchronous device-to-host copy's error waits to be reported.
+    host_writes: Option<std::sync::Arc<HostWrites>>,
 }
 
 impl Lane {
@@ -44,15 +46,33 @@ impl Lane {
             (None, None)
         } else {
             let (tx, rx) = mpsc::sync_channel(1);
-            (Some(tx), Some(Ticket { rx, function }))
+            let host_writes = (kind == CallKind::Barrier).then(|| self.transport.host_writes().clone());
+            (Some(ReplyTo::Waiter(tx)), Some(Ticket { rx, function, host_writes }))
         };
         stats::record(function, kind, payload.len());
+        self.send(ctx, kind, request, payload, slot)?;
+        Ok(ticket)
+    }
+
+    /// Sends a device-to-host copy nobody waits for: its reply is written into `dst` by the
+    /// I/O thread, and its error is reported by the next `Barrier` call.
+    pub fn submit_to_host(&self, ctx: Ctx, request: Request, dst: HostDst) -> Result<(), CuError> {
+        stats::record(request.function().name(), CallKind::Async, 0);
+        self.send(ctx, CallKind::Sync, request, Bytes::new(), Some(ReplyTo::Host(dst)))
+    }
+
+    /// Numbers the call and hands it over; the lock keeps the lane in number order.
+    fn send(&self, ctx: Ctx, kind: CallKind, request: Request, payload: Bytes, reply: Option<ReplyTo>) -> Result<(), CuError> {
         let mut seq = self.seq.lock().unwrap_or_else(|p| p.into_inner());
         *seq += 1;
         let call = Call { seq: *seq, ctx, kind, request };
         let head = frame::encode(&call, payload.len()).map_err(|_| CuError::INVALID_VALUE)?;
-        self.transport.send(Outgoing { head, payload, reply: slot }).map_err(|_| CONNECTION_LOST)?;
-        Ok(ticket)
+        self.transport.send(Outgoing { head, payload, reply }).map_err(|_| CONNECTION_LOST)
+    }
+
+    /// Waits until every asynchronous device-to-host copy under way has landed.
+    pub fn wait_host_writes(&self) {
+        self.transport.host_writes().wait_all();
     }
 
     /// Sends a call and waits for its reply.
@@ -100,6 +120,16 @@ impl Ticket {
             Ok(Err(_)) | Err(_) => return Err(CONNECTION_LOST),
         };
         stats::record_reply(self.function, payload.len());
+        // The reply proves every earlier copy has landed; one that failed reports here, and an
+        // earlier error the server reported with this reply waits for the next barrier.
+        if let Some(writes) = &self.host_writes {
+            if let Some(e) = writes.take_error() {
+                if let ServerMsg::Reply { latched: Some(l), .. } = msg {
+                    writes.latch(l.error);
+                }
+                return Err(e);
+            }
+        }
         match msg {
             ServerMsg::Reply { latched: Some(l), .. } => {
                 if crate::debug() {

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use cuwire_protocol::frame::{self, RawFrame};
 use cuwire_protocol::handshake::{self, Hello, Welcome};
 use cuwire_protocol::limits::{MAX_FRAME, MAX_HANDSHAKE};
-use cuwire_protocol::ServerMsg;
+use cuwire_protocol::{CuError, ServerMsg};
 use quinn::crypto::rustls::QuicClientConfig;
 use tokio::sync::mpsc as tmpsc;
 
@@ -28,17 +28,117 @@ const EXIT_GRACE: Duration = Duration::from_secs(1);
 /// What a waiting caller gets: the decoded server message and the payload beside it.
 pub type ReplySlot = mpsc::SyncSender<Result<(ServerMsg, Bytes), String>>;
 
-/// One frame to send, with the slot its reply goes to when it wants one.
+/// Where a reply goes.
+pub enum ReplyTo {
+    /// A caller waiting on a ticket.
+    Waiter(ReplySlot),
+    /// Nobody waits: the reply of an asynchronous device-to-host copy, whose payload the I/O
+    /// thread writes straight into the caller's page-locked buffer (see [`HostWrites`]).
+    Host(HostDst),
+}
+
+/// A page-locked host range an asynchronous device-to-host copy lands in. Counted in
+/// [`HostWrites`] from its creation until it is dropped: landed, failed, or never answered
+/// (dropped unsent or with a lost connection, which latches `CONNECTION_LOST`).
+pub struct HostDst {
+    addr: usize,
+    len: usize,
+    writes: Arc<HostWrites>,
+    outcome: Option<Option<CuError>>,
+}
+
+impl HostDst {
+    pub fn new(writes: &Arc<HostWrites>, addr: usize, len: usize) -> Self {
+        writes.started();
+        HostDst { addr, len, writes: writes.clone(), outcome: None }
+    }
+}
+
+impl Drop for HostDst {
+    fn drop(&mut self) {
+        let error = self.outcome.take().unwrap_or(Some(crate::lane::CONNECTION_LOST));
+        self.writes.finished(error);
+    }
+}
+
+/// One frame to send, with where its reply goes when it wants one.
 pub struct Outgoing {
     pub head: Bytes,
     pub payload: Bytes,
-    pub reply: Option<ReplySlot>,
+    pub reply: Option<ReplyTo>,
+}
+
+/// Asynchronous device-to-host copies under way: how many chunks are still to land, and the
+/// first error one of them met, latched for the next synchronising call (as the driver reports
+/// an asynchronous copy's error). Replies come in lane order and the I/O thread writes each
+/// chunk before it reads the next reply, so any later synchronous reply proves that the earlier
+/// copies are in host memory.
+#[derive(Default)]
+pub struct HostWrites {
+    pending: Mutex<usize>,
+    landed: std::sync::Condvar,
+    latched: Mutex<Option<CuError>>,
+}
+
+impl HostWrites {
+    fn started(&self) {
+        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+    }
+
+    fn finished(&self, error: Option<CuError>) {
+        if let Some(e) = error {
+            self.latch(e);
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        *pending = pending.saturating_sub(1);
+        if *pending == 0 {
+            self.landed.notify_all();
+        }
+    }
+
+    /// Latches an error for the next synchronising call, unless one is already waiting.
+    pub fn latch(&self, e: CuError) {
+        self.latched.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+    }
+
+    /// Takes the latched error of an asynchronous copy, once.
+    pub fn take_error(&self) -> Option<CuError> {
+        self.latched.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Waits until every copy under way has landed (or failed: a lost connection fails them
+    /// all), so page-locked memory is not freed under a write.
+    pub fn wait_all(&self) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        while *pending > 0 {
+            pending = self.landed.wait(pending).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// What the reader does with a reply meant for host memory: write it, or latch why not.
+fn land(dst: &HostDst, msg: ServerMsg, payload: &[u8]) -> Option<CuError> {
+    match msg {
+        ServerMsg::Reply { latched: Some(l), .. } => Some(l.error),
+        ServerMsg::Reply { result: Ok(cuwire_protocol::Reply::MemcpyDtoH(_)), .. } if payload.len() == dst.len => {
+            // SAFETY: `dst` is a range of page-locked memory of this process the application
+            // handed to cuMemcpyDtoHAsync (checked against the shim's table of page-locked
+            // allocations); cuMemFreeHost and cuMemHostUnregister wait for every copy under way
+            // before they release it, and the application may not touch it before it
+            // synchronises, as with the driver.
+            unsafe { crate::ffi::copy_to_host(dst.addr, payload) };
+            None
+        }
+        ServerMsg::Reply { result: Err(e), .. } => Some(e),
+        _ => Some(CuError::UNKNOWN),
+    }
 }
 
 /// The caller's side of the connection.
 pub struct Transport {
     tx: tmpsc::UnboundedSender<Outgoing>,
     dead: Arc<DeadFlag>,
+    host_writes: Arc<HostWrites>,
     shutdown: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     io_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -75,6 +175,10 @@ impl Transport {
             return Err("connection lost".into());
         }
         self.tx.send(out).map_err(|_| "connection lost".to_string())
+    }
+
+    pub fn host_writes(&self) -> &Arc<HostWrites> {
+        &self.host_writes
     }
 
     pub fn is_dead(&self) -> bool {
@@ -165,6 +269,7 @@ pub fn connect(cfg: &Config) -> Result<Session, String> {
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let dead = Arc::new(DeadFlag::default());
     let dead_io = dead.clone();
+    let host_writes = Arc::new(HostWrites::default());
     let cfg2 = cfg.clone();
     let io_thread = std::thread::Builder::new()
         .name("cuwire-io".into())
@@ -186,7 +291,7 @@ pub fn connect(cfg: &Config) -> Result<Session, String> {
         Err(_) => return Err(format!("no answer from {} within {:?}", cfg.server, cfg.connect_timeout)),
     };
     Ok(Session {
-        transport: Transport { tx, dead, shutdown: Mutex::new(Some(shutdown_tx)), io_thread: Mutex::new(Some(io_thread)) },
+        transport: Transport { tx, dead, host_writes, shutdown: Mutex::new(Some(shutdown_tx)), io_thread: Mutex::new(Some(io_thread)) },
         welcome,
     })
 }
@@ -261,7 +366,7 @@ async fn io_main(
     }
     let _ = ready.send(Ok(welcome));
 
-    let pending: Arc<Mutex<VecDeque<ReplySlot>>> = Arc::default();
+    let pending: Arc<Mutex<VecDeque<ReplyTo>>> = Arc::default();
     let pending_reader = pending.clone();
     let reader = async move {
         loop {
@@ -284,8 +389,12 @@ async fn io_main(
                 reply @ ServerMsg::Reply { .. } => {
                     let slot = pending_reader.lock().unwrap().pop_front();
                     match slot {
-                        Some(slot) => {
+                        Some(ReplyTo::Waiter(slot)) => {
                             let _ = slot.send(Ok((reply, raw.payload)));
+                        }
+                        Some(ReplyTo::Host(mut dst)) => {
+                            crate::stats::record_reply("MemcpyDtoH", raw.payload.len());
+                            dst.outcome = Some(land(&dst, reply, &raw.payload));
                         }
                         None => return "a reply nobody waited for".into(),
                     }
@@ -357,9 +466,12 @@ async fn io_main(
         },
     };
     dead.set(reason.clone());
-    // Wake everyone still waiting: their calls fail.
+    // Wake everyone still waiting: their calls fail, and so do the copies under way.
+    // (A copy's destination dropped unanswered latches CONNECTION_LOST.)
     for slot in pending.lock().unwrap().drain(..) {
-        let _ = slot.send(Err(reason.clone()));
+        if let ReplyTo::Waiter(slot) = slot {
+            let _ = slot.send(Err(reason.clone()));
+        }
     }
     conn.close(0u32.into(), b"client gone");
 }

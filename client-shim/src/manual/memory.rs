@@ -75,6 +75,30 @@ pub fn dtoh(out: &mut [u8], src: CUdeviceptr, stream: Stream) -> Result<(), CuEr
     result
 }
 
+/// Whether `[addr, addr + len)` lies inside one page-locked allocation or registered range.
+fn page_locked(objects: &client::Objects, addr: usize, len: usize) -> bool {
+    let inside = |map: &std::collections::BTreeMap<usize, usize>| {
+        map.range(..=addr).next_back().is_some_and(|(b, s)| addr.checked_add(len).is_some_and(|end| end <= b + s))
+    };
+    inside(&objects.host_allocs) || inside(&objects.host_registered)
+}
+
+/// An asynchronous copy into page-locked memory: every chunk is requested at once and the call
+/// returns; the I/O thread writes each chunk as its reply arrives, so the transfer overlaps with
+/// whatever the application does next. Its errors surface at the next synchronising call.
+fn dtoh_async(dst: usize, bytes: usize, src: CUdeviceptr, stream: Stream) -> Result<(), CuError> {
+    let c = client::get()?;
+    let writes = c.lane.transport().host_writes();
+    let ctx = crate::context::current();
+    for offset in (0..bytes).step_by(COPY_CHUNK) {
+        let len = COPY_CHUNK.min(bytes - offset);
+        let req = calls::MemcpyDtoH::Req { src: src + offset as u64, bytes: len as u64, stream };
+        let to = crate::transport::HostDst::new(writes, dst + offset, len);
+        c.lane.submit_to_host(ctx, Request::MemcpyDtoH(req), to)?;
+    }
+    Ok(())
+}
+
 pub fn dtod(dst: CUdeviceptr, src: CUdeviceptr, bytes: usize, stream: Stream, sync: bool) -> Result<(), CuError> {
     let c = client::get()?;
     let req = Request::MemcpyDtoD(calls::MemcpyDtoD::Req { dst, src, bytes: bytes as u64, stream });
@@ -126,9 +150,13 @@ export! {
 }
 
 export! {
-    /// Completes before returning: allowed for an asynchronous copy, and the host buffer is
-    /// then valid as soon as the stream would have reached it.
+    /// Into page-locked memory the copy is asynchronous, as the driver's: the call returns at
+    /// once and the data lands while the application goes on (see `dtoh_async`). Into pageable
+    /// memory it completes before returning, as the driver's staged copies may.
     fn cuMemcpyDtoHAsync_v2 | cuMemcpyDtoHAsync_v2_ptsz (dst: *mut c_void, src: CUdeviceptr, bytes: usize, hstream: Handle) {
+        if bytes > 0 && !dst.is_null() && page_locked(&client::get()?.objects(), dst as usize, bytes) {
+            return dtoh_async(dst as usize, bytes, src, stream(hstream));
+        }
         // SAFETY: dst is writable for `bytes` bytes.
         let out = unsafe { ffi::slice_mut(dst, bytes)? };
         dtoh(out, src, stream(hstream))
@@ -234,8 +262,13 @@ export! {
 // stderr): there is no device address for this process's memory.
 
 export! {
+    /// Waits for asynchronous copies under way to land first, so none writes freed memory.
     fn cuMemFreeHost(p: *mut c_void) {
         let c = client::get()?;
+        if !c.objects().host_allocs.contains_key(&(p as usize)) {
+            return Err(CuError::INVALID_VALUE);
+        }
+        c.lane.wait_host_writes();
         if c.objects().host_allocs.remove(&(p as usize)).is_none() {
             return Err(CuError::INVALID_VALUE);
         }
@@ -281,8 +314,10 @@ export! {
 }
 
 export! {
+    /// Waits for asynchronous copies under way to land first, as cuMemFreeHost.
     fn cuMemHostUnregister(p: *mut c_void) {
         let c = client::get()?;
+        c.lane.wait_host_writes();
         match c.objects().host_registered.remove(&(p as usize)) {
             Some(_) => Ok(()),
             None => Err(CuError(cuwire_protocol::cuda::CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED)),
