@@ -88,6 +88,18 @@ pub fn body_len(prefix: [u8; 4], limit: usize) -> Result<usize, FrameError> {
     Ok(len)
 }
 
+/// Reads a frame's first eight bytes (body length, message length) and returns the lengths of
+/// its message and payload, checked against `limit` and each other: a reader that knows where
+/// a payload belongs can then read it straight there instead of through a buffer.
+pub fn head_lens(head: [u8; 8], limit: usize) -> Result<(usize, usize), FrameError> {
+    let body = body_len([head[0], head[1], head[2], head[3]], limit)?;
+    let msg_len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+    if msg_len > MAX_MESSAGE || msg_len > body - 4 {
+        return Err(FrameError::Malformed(format!("message length {msg_len} does not fit a body of {} bytes", body - 4)));
+    }
+    Ok((msg_len, body - 4 - msg_len))
+}
+
 /// Splits a frame body (everything after the body length) into message and payload.
 pub fn split_body(mut body: Bytes) -> Result<RawFrame, FrameError> {
     if body.len() < 4 {
@@ -132,7 +144,14 @@ impl Decoder {
         }
         let len = body_len(self.buf[0..4].try_into().expect("4 bytes"), self.limit)?;
         if self.buf.len() < 4 + len {
-            self.buf.reserve(4 + len - self.buf.len());
+            if self.buf.capacity() < 4 + len {
+                // A fresh buffer of the frame's size, holding the few bytes already here. Growing
+                // the old one would realloc its whole allocation, spent frames included: a
+                // second copy of every large payload, into freshly faulted pages.
+                let mut fresh = BytesMut::with_capacity(4 + len);
+                fresh.extend_from_slice(&self.buf);
+                self.buf = fresh;
+            }
             return Ok(None);
         }
         self.buf.advance(4);
@@ -199,6 +218,26 @@ impl WriteBatch {
         self.seal();
         self.bytes = 0;
         &mut self.chunks
+    }
+}
+
+#[cfg(test)]
+mod head_tests {
+    use super::*;
+
+    #[test]
+    fn head_lens_agree_with_split_body_and_refuse_what_does_not_fit() {
+        let frame = encode_to_vec(&(7u32, String::from("x")), &[1, 2, 3]).unwrap();
+        let (msg_len, payload_len) = head_lens(frame[..8].try_into().unwrap(), MAX_FRAME).unwrap();
+        let raw = split_body(Bytes::copy_from_slice(&frame[4..])).unwrap();
+        assert_eq!((msg_len, payload_len), (raw.message.len(), raw.payload.len()));
+        assert_eq!(payload_len, 3);
+        // A message longer than its body, a body under four bytes, a body over the limit.
+        let mut bad = frame.clone();
+        bad[4..8].copy_from_slice(&1000u32.to_le_bytes());
+        assert!(matches!(head_lens(bad[..8].try_into().unwrap(), MAX_FRAME), Err(FrameError::Malformed(_))));
+        assert!(matches!(head_lens([3, 0, 0, 0, 0, 0, 0, 0], MAX_FRAME), Err(FrameError::Malformed(_))));
+        assert!(matches!(head_lens([0xff; 8], MAX_FRAME), Err(FrameError::TooLarge(_))));
     }
 }
 
