@@ -210,6 +210,12 @@ impl Client {
         self.lane.call(context::current(), kind, request, payload)
     }
 
+    /// Sends a device-to-host copy whose data the I/O thread writes into `dst` (see
+    /// [`Lane::submit_to_host`]).
+    pub fn submit_to_host(&self, kind: CallKind, waited: bool, request: Request, dst: crate::transport::HostDst) -> Result<(), CuError> {
+        self.lane.submit_to_host(context::current(), kind, waited, request, dst)
+    }
+
     /// Sends a fire-and-forget call.
     pub fn send(&self, request: Request, payload: Bytes) -> Result<(), CuError> {
         self.lane.submit(context::current(), CallKind::Async, request, payload).map(|_| ())

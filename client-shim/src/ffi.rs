@@ -136,16 +136,6 @@ pub unsafe fn slice_mut<'a>(ptr: *mut c_void, len: usize) -> Result<&'a mut [u8]
     Ok(unsafe { std::slice::from_raw_parts_mut(ptr as *mut u8, len) })
 }
 
-/// Writes bytes into a caller's host buffer at `addr` (an asynchronous copy landing).
-///
-/// # Safety
-/// `addr` is valid for `data.len()` bytes of writes, and nothing holds a Rust borrow of them.
-pub unsafe fn copy_to_host(addr: usize, data: &[u8]) {
-    // SAFETY: valid for writes by the caller's contract; `data` is a separate buffer (a reply's
-    // payload), so the ranges do not overlap.
-    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), addr as *mut u8, data.len()) };
-}
-
 /// A wire value and its C form, for the generated exports.
 pub trait CValue: WireValue {
     type C: Copy;

@@ -54,11 +54,12 @@ impl Lane {
         Ok(ticket)
     }
 
-    /// Sends a device-to-host copy nobody waits for: its reply is written into `dst` by the
-    /// I/O thread, and its error is reported by the next `Barrier` call.
-    pub fn submit_to_host(&self, ctx: Ctx, request: Request, dst: HostDst) -> Result<(), CuError> {
-        stats::record(request.function().name(), CallKind::Async, 0);
-        self.send(ctx, CallKind::Sync, request, Bytes::new(), Some(ReplyTo::Host(dst)))
+    /// Sends a device-to-host copy whose reply the I/O thread reads straight into `dst`; the
+    /// caller learns of it through `dst`'s [`HostWrites`]. `waited` says whether the caller waits
+    /// for it (counted as a round trip) or not (an asynchronous copy: fire-and-forget).
+    pub fn submit_to_host(&self, ctx: Ctx, kind: CallKind, waited: bool, request: Request, dst: HostDst) -> Result<(), CuError> {
+        stats::record(request.function().name(), if waited { kind } else { CallKind::Async }, 0);
+        self.send(ctx, kind, request, Bytes::new(), Some(ReplyTo::Host(dst)))
     }
 
     /// Numbers the call and hands it over; the lock keeps the lane in number order.

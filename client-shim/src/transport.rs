@@ -116,21 +116,14 @@ impl HostWrites {
     }
 }
 
-/// What the reader does with a reply meant for host memory: write it, or latch why not.
-fn land(dst: &HostDst, msg: ServerMsg, payload: &[u8]) -> Option<CuError> {
+/// Whether a reply meant for host memory brings the data (then its payload is read straight
+/// into the destination), or else the error to latch.
+fn landing(dst: &HostDst, msg: &ServerMsg, payload_len: usize) -> Result<(), CuError> {
     match msg {
-        ServerMsg::Reply { latched: Some(l), .. } => Some(l.error),
-        ServerMsg::Reply { result: Ok(cuwire_protocol::Reply::MemcpyDtoH(_)), .. } if payload.len() == dst.len => {
-            // SAFETY: `dst` is a range of page-locked memory of this process the application
-            // handed to cuMemcpyDtoHAsync (checked against the shim's table of page-locked
-            // allocations); cuMemFreeHost and cuMemHostUnregister wait for every copy under way
-            // before they release it, and the application may not touch it before it
-            // synchronises, as with the driver.
-            unsafe { crate::ffi::copy_to_host(dst.addr, payload) };
-            None
-        }
-        ServerMsg::Reply { result: Err(e), .. } => Some(e),
-        _ => Some(CuError::UNKNOWN),
+        ServerMsg::Reply { latched: Some(l), .. } => Err(l.error),
+        ServerMsg::Reply { result: Ok(cuwire_protocol::Reply::MemcpyDtoH(_)), .. } if payload_len == dst.len => Ok(()),
+        ServerMsg::Reply { result: Err(e), .. } => Err(*e),
+        _ => Err(CuError::UNKNOWN),
     }
 }
 
@@ -255,6 +248,35 @@ async fn read_frame(recv: &mut quinn::RecvStream, limit: usize) -> Result<RawFra
     frame::split_body(Bytes::from(body)).map_err(|e| e.to_string())
 }
 
+fn read_error(e: quinn::ReadExactError) -> String {
+    match e {
+        quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c)) => explain(&c),
+        other => other.to_string(),
+    }
+}
+
+/// Reads a frame's head and message, and decodes it; its payload is still to be read.
+async fn read_message(recv: &mut quinn::RecvStream) -> Result<(ServerMsg, usize), String> {
+    let mut head = [0u8; 8];
+    recv.read_exact(&mut head).await.map_err(read_error)?;
+    let (msg_len, payload_len) = frame::head_lens(head, MAX_FRAME).map_err(|e| e.to_string())?;
+    let mut message = vec![0u8; msg_len];
+    recv.read_exact(&mut message).await.map_err(read_error)?;
+    let raw = RawFrame { message: Bytes::from(message), payload: Bytes::new() };
+    let msg = raw.decode().map_err(|e| format!("undecodable message from the server: {e}"))?;
+    Ok((msg, payload_len))
+}
+
+/// Reads a payload of `len` bytes into a buffer of its own.
+async fn read_payload(recv: &mut quinn::RecvStream, len: usize) -> Result<Bytes, String> {
+    if len == 0 {
+        return Ok(Bytes::new());
+    }
+    let mut payload = vec![0u8; len];
+    recv.read_exact(&mut payload).await.map_err(read_error)?;
+    Ok(Bytes::from(payload))
+}
+
 /// Connects, shakes hands and starts the I/O thread. Bounded by the connect timeout.
 pub fn connect(cfg: &Config) -> Result<Session, String> {
     let tls = load_client_tls(cfg)?;
@@ -370,13 +392,45 @@ async fn io_main(
     let pending_reader = pending.clone();
     let reader = async move {
         loop {
-            let raw = match read_frame(&mut recv, MAX_FRAME).await {
-                Ok(raw) => raw,
+            // The head and message first: a copy's payload then goes straight to where it
+            // belongs, with no buffer between quinn's and the destination.
+            let (msg, payload_len) = match read_message(&mut recv).await {
+                Ok(m) => m,
                 Err(e) => return e,
             };
-            let msg: ServerMsg = match raw.decode() {
-                Ok(m) => m,
-                Err(e) => return format!("undecodable message from the server: {e}"),
+            let mut host = None;
+            if let ServerMsg::Reply { .. } = msg {
+                let mut pending = pending_reader.lock().unwrap();
+                if let Some(ReplyTo::Host(_)) = pending.front() {
+                    host = pending.pop_front();
+                }
+            }
+            if let Some(ReplyTo::Host(mut dst)) = host {
+                let outcome = landing(&dst, &msg, payload_len);
+                if outcome.is_ok() {
+                    // SAFETY: `dst` is a range of host memory this process's application handed
+                    // to a device-to-host copy: the caller's buffer of a synchronous copy, which
+                    // waits for every chunk (even after an error) before it returns, or
+                    // page-locked memory of an asynchronous one (checked against the shim's
+                    // table), which cuMemFreeHost and cuMemHostUnregister wait for, and which the
+                    // application may not touch before it synchronises, as with the driver.
+                    let into = match unsafe { crate::ffi::slice_mut(dst.addr as *mut std::ffi::c_void, dst.len) } {
+                        Ok(into) => into,
+                        Err(_) => return "a copy into a null buffer".into(),
+                    };
+                    if let Err(e) = recv.read_exact(into).await {
+                        return e.to_string();
+                    }
+                    crate::stats::record_reply("MemcpyDtoH", payload_len);
+                } else if let Err(e) = read_payload(&mut recv, payload_len).await {
+                    return e;
+                }
+                dst.outcome = Some(outcome.err());
+                continue;
+            }
+            let payload = match read_payload(&mut recv, payload_len).await {
+                Ok(p) => p,
+                Err(e) => return e,
             };
             match msg {
                 ServerMsg::Stdout(text) => {
@@ -390,13 +444,10 @@ async fn io_main(
                     let slot = pending_reader.lock().unwrap().pop_front();
                     match slot {
                         Some(ReplyTo::Waiter(slot)) => {
-                            let _ = slot.send(Ok((reply, raw.payload)));
+                            let _ = slot.send(Ok((reply, payload)));
                         }
-                        Some(ReplyTo::Host(mut dst)) => {
-                            crate::stats::record_reply("MemcpyDtoH", raw.payload.len());
-                            dst.outcome = Some(land(&dst, reply, &raw.payload));
-                        }
-                        None => return "a reply nobody waited for".into(),
+                        // Taken above; a reply to nobody is the server's error.
+                        Some(ReplyTo::Host(_)) | None => return "a reply nobody waited for".into(),
                     }
                 }
             }

@@ -1,17 +1,16 @@
 //! Memory: page-locked host memory lives in this process; copies and memsets travel on the
 //! lane. Host-to-device data is chunked and sent without waiting (the synchronous form waits
-//! for its last chunk only); device-to-host chunks are requested ahead, a window at a time.
+//! for its last chunk only); device-to-host chunks are all requested at once and land straight
+//! in the destination (the server's reply budget bounds what it holds meanwhile).
 
 use super::*;
 use crate::client;
+use crate::transport::{HostDst, HostWrites};
 use crate::{export, ffi};
 use bytes::Bytes;
 use cuwire_protocol::limits::COPY_CHUNK;
-use cuwire_protocol::{calls, CallKind, CuError, Reply, Request, Stream};
-use std::collections::VecDeque;
-
-/// How many device-to-host chunks may be in flight at once.
-const DTOH_WINDOW: usize = 8;
+use cuwire_protocol::{calls, CallKind, CuError, Request, Stream};
+use std::sync::Arc;
 
 /// Sends host bytes to the device, chunked. `sync` makes the call wait for the last chunk, so
 /// its errors (and earlier latched ones) are reported by this call.
@@ -32,47 +31,37 @@ pub fn htod(dst: CUdeviceptr, data: &[u8], stream: Stream, sync: bool) -> Result
     Ok(())
 }
 
-/// Fetches device bytes into host memory, a window of chunks in flight at a time.
+/// Fetches device bytes into host memory: every chunk is asked for at once, and the I/O thread
+/// reads each reply straight into `out` (one copy, from quinn's buffers to the caller's).
 pub fn dtoh(out: &mut [u8], src: CUdeviceptr, stream: Stream) -> Result<(), CuError> {
     let c = client::get()?;
     if out.is_empty() {
         return Ok(());
     }
-    let mut in_flight = VecDeque::new();
-    let mut chunks = out.chunks_mut(COPY_CHUNK).enumerate();
-    let mut result = Ok(());
-    loop {
-        while in_flight.len() < DTOH_WINDOW {
-            let Some((i, chunk)) = chunks.next() else { break };
-            // The first chunk is a barrier, so earlier fire-and-forget errors surface here.
-            let kind = if i == 0 { CallKind::Barrier } else { CallKind::Sync };
-            let req = calls::MemcpyDtoH::Req { src: src + (i * COPY_CHUNK) as u64, bytes: chunk.len() as u64, stream };
-            match c.submit(kind, Request::MemcpyDtoH(req), Bytes::new()) {
-                Ok(Some(t)) => in_flight.push_back((t, chunk)),
-                Ok(None) => unreachable!("a Sync call always has a ticket"),
-                Err(e) => return Err(e),
-            }
-        }
-        let Some((ticket, chunk)) = in_flight.pop_front() else { break };
-        // Keep draining after an error so no reply is left unclaimed.
-        match ticket.wait() {
-            Ok((Reply::MemcpyDtoH(_), data)) if data.len() == chunk.len() => {
-                if result.is_ok() {
-                    chunk.copy_from_slice(&data)
-                }
-            }
-            Ok(_) => result = result.and(Err(CuError::UNKNOWN)),
-            Err(e) => result = result.and(Err(e)),
-        }
-        if result.is_err() {
-            // Stop asking for more; drain what is in flight.
-            for (t, _) in in_flight.drain(..) {
-                let _ = t.wait();
-            }
+    let group = Arc::new(HostWrites::default());
+    let addr = out.as_mut_ptr() as usize;
+    let mut sent = Ok(());
+    for (i, offset) in (0..out.len()).step_by(COPY_CHUNK).enumerate() {
+        let len = COPY_CHUNK.min(out.len() - offset);
+        // The first chunk is a barrier, so earlier fire-and-forget errors surface here.
+        let kind = if i == 0 { CallKind::Barrier } else { CallKind::Sync };
+        let req = calls::MemcpyDtoH::Req { src: src + offset as u64, bytes: len as u64, stream };
+        if let Err(e) = c.submit_to_host(kind, true, Request::MemcpyDtoH(req), HostDst::new(&group, addr + offset, len)) {
+            sent = Err(e);
             break;
         }
     }
-    result
+    // Every chunk sent lands or fails before `out` is the caller's again, even after an error.
+    group.wait_all();
+    sent?;
+    if let Some(e) = group.take_error() {
+        return Err(e);
+    }
+    // A synchronous copy synchronises: an asynchronous copy's earlier error reports here.
+    match c.lane.transport().host_writes().take_error() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Whether `[addr, addr + len)` lies inside one page-locked allocation or registered range.
@@ -89,12 +78,10 @@ fn page_locked(objects: &client::Objects, addr: usize, len: usize) -> bool {
 fn dtoh_async(dst: usize, bytes: usize, src: CUdeviceptr, stream: Stream) -> Result<(), CuError> {
     let c = client::get()?;
     let writes = c.lane.transport().host_writes();
-    let ctx = crate::context::current();
     for offset in (0..bytes).step_by(COPY_CHUNK) {
         let len = COPY_CHUNK.min(bytes - offset);
         let req = calls::MemcpyDtoH::Req { src: src + offset as u64, bytes: len as u64, stream };
-        let to = crate::transport::HostDst::new(writes, dst + offset, len);
-        c.lane.submit_to_host(ctx, Request::MemcpyDtoH(req), to)?;
+        c.submit_to_host(CallKind::Sync, false, Request::MemcpyDtoH(req), HostDst::new(writes, dst + offset, len))?;
     }
     Ok(())
 }
