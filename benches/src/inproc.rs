@@ -56,8 +56,10 @@ pub fn measure(ops: usize, launches: usize, sizes: &[usize]) -> Result<InProc> {
     if max > 0 {
         let dev = backend.mem_alloc(ctx, max as u64).map_err(e)?;
         let data = Bytes::from(vec![0x3cu8; max]);
+        // Backed once, as the client's buffer is (see client.rs `bandwidth`).
+        backend.memcpy_htod(ctx, DEFAULT_STREAM, dev, data.clone()).map_err(e)?;
         for &size in sizes {
-            let reps = ((256usize << 20) / size.max(1)).clamp(1, 20);
+            let reps = ((256usize << 20) / size.max(1)).clamp(2, 20);
             let (mut up, mut down) = (f64::MAX, f64::MAX);
             for _ in 0..reps {
                 let t = Instant::now();
