@@ -440,6 +440,63 @@ pub fn quinn_pingpong(certs: &Certs, addr: SocketAddr, flavor: Flavor, warmup: u
     })
 }
 
+/// Arguments of the hidden `raw-client` subcommand: one process of the concurrent raw quinn
+/// baseline, the floor beneath cuwire's concurrent-clients figure.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RawClientArgs {
+    #[arg(long)]
+    pub addr: SocketAddr,
+    /// Dev certificate directory.
+    #[arg(long)]
+    pub certs: PathBuf,
+    #[arg(long, default_value_t = 2000)]
+    pub ops: usize,
+    #[arg(long, default_value_t = 50)]
+    pub warmup: usize,
+}
+
+/// Connects and warms up, prints READY, waits for a line on stdin, then ping-pongs `ops` times
+/// (current-thread runtime, as the shim's I/O thread) and prints `{"samples": [ns…], "wall_s"}`,
+/// the protocol of the concurrent cuwire clients.
+pub fn raw_client(args: RawClientArgs) -> Result<()> {
+    let certs = Certs::new(&args.certs);
+    let rt = Flavor::CurrentThread.runtime()?;
+    let (samples, wall) = rt.block_on(async {
+        let (endpoint, conn) = connect(&certs, Tuning::Cuwire, args.addr).await?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        send.write_all(b"P").await?;
+        let mut buf = [7u8; PING];
+        for _ in 0..args.warmup {
+            send.write_all(&buf).await?;
+            recv.read_exact(&mut buf).await?;
+        }
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "READY")?;
+            out.flush()?;
+        }
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        let start = Instant::now();
+        let mut samples = Vec::with_capacity(args.ops);
+        for _ in 0..args.ops {
+            let t = Instant::now();
+            send.write_all(&buf).await?;
+            recv.read_exact(&mut buf).await?;
+            samples.push(t.elapsed().as_nanos() as u64);
+        }
+        let wall = start.elapsed().as_secs_f64();
+        send.finish()?;
+        conn.close(0u32.into(), b"done");
+        endpoint.wait_idle().await;
+        anyhow::Ok((samples, wall))
+    })?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", serde_json::json!({ "samples": samples, "wall_s": wall }))?;
+    out.flush()?;
+    Ok(())
+}
+
 type Slot = mpsc::SyncSender<[u8; PING]>;
 
 /// Like [`quinn_pingpong`], but each message travels the shim's way on this side (calling thread
