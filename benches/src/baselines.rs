@@ -295,10 +295,59 @@ async fn quinn_serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvSt
             send.finish()?;
             let _ = send.stopped().await;
         }
+        // As 'U' and 'D', but with real buffers: what arrives is written into memory, what
+        // leaves is read from a buffer of the whole size, as a copy's data would be.
+        b'W' => {
+            let mut len = [0u8; 8];
+            recv.read_exact(&mut len).await?;
+            let total = u64::from_le_bytes(len) as usize;
+            let mut sink = BULK_SINK.lock().await;
+            if sink.len() < total {
+                *sink = vec![0x11u8; total];
+            }
+            let mut at = 0;
+            while at < total {
+                match recv.read_chunk(total - at, true).await? {
+                    Some(chunk) => {
+                        sink[at..at + chunk.bytes.len()].copy_from_slice(&chunk.bytes);
+                        at += chunk.bytes.len();
+                    }
+                    None => bail!("upload ended early"),
+                }
+            }
+            send.write_all(b"k").await?;
+            send.finish()?;
+            let _ = send.stopped().await;
+        }
+        b'R' => {
+            let mut len = [0u8; 8];
+            recv.read_exact(&mut len).await?;
+            let total = u64::from_le_bytes(len) as usize;
+            let source = {
+                let mut src = BULK_SOURCE.lock().await;
+                if src.len() < total {
+                    *src = Bytes::from(vec![0x5au8; total]);
+                }
+                src.clone()
+            };
+            let mut sent = 0;
+            while sent < total {
+                let n = BULK_CHUNK.min(total - sent);
+                send.write_chunk(source.slice(sent..sent + n)).await?;
+                sent += n;
+            }
+            send.finish()?;
+            let _ = send.stopped().await;
+        }
         other => bail!("unknown op {other}"),
     }
     Ok(())
 }
+
+/// The raw server's buffers for 'W' and 'R', kept between repetitions (made once, like a
+/// device allocation).
+static BULK_SINK: tokio::sync::Mutex<Vec<u8>> = tokio::sync::Mutex::const_new(Vec::new());
+static BULK_SOURCE: tokio::sync::Mutex<Bytes> = tokio::sync::Mutex::const_new(Bytes::new());
 
 fn tcp_server() -> Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
@@ -575,43 +624,50 @@ pub enum Direction {
 }
 
 /// Moves `bytes` over one quinn stream; returns bytes per second (connection set-up excluded).
-pub fn quinn_bulk(certs: &Certs, addr: SocketAddr, tuning: Tuning, dir: Direction, bytes: usize) -> Result<f64> {
+/// Where a bulk baseline's bytes come from and go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Data {
+    /// One cache-resident 1 MiB block sent again and again; the receiver counts and drops:
+    /// the transport alone.
+    Block,
+    /// A buffer of the whole size read on the sending side and one written on the receiving
+    /// side, made before the timing starts: the transport plus the memory traffic any copy of
+    /// real data has.
+    Memory,
+}
+
+pub fn quinn_bulk(
+    certs: &Certs,
+    addr: SocketAddr,
+    tuning: Tuning,
+    dir: Direction,
+    bytes: usize,
+    streams: usize,
+    data: Data,
+) -> Result<f64> {
     let rt = Flavor::CurrentThread.runtime()?;
     rt.block_on(async {
         tokio::time::timeout(BASELINE_TIMEOUT, async {
             let (endpoint, conn) = connect(certs, tuning, addr).await?;
-            let block = Bytes::from(vec![0xa5u8; BULK_CHUNK]);
+            // The buffers are made (and their pages touched) before the clock starts.
+            let streams = streams.max(1);
+            let share = |i: usize| bytes / streams + usize::from(i < bytes % streams);
+            let source = (data == Data::Memory && dir == Direction::Upload).then(|| Bytes::from(vec![0xa5u8; bytes]));
+            let mut dests: Vec<Option<Vec<u8>>> =
+                (0..streams).map(|i| (data == Data::Memory && dir == Direction::Download).then(|| vec![0x33u8; share(i)])).collect();
             let t = Instant::now();
-            let (mut send, mut recv) = conn.open_bi().await?;
-            match dir {
-                Direction::Upload => {
-                    let mut head = vec![b'U'];
-                    head.extend_from_slice(&(bytes as u64).to_le_bytes());
-                    send.write_all(&head).await?;
-                    let mut sent = 0;
-                    while sent < bytes {
-                        let n = BULK_CHUNK.min(bytes - sent);
-                        send.write_chunk(block.slice(..n)).await?;
-                        sent += n;
-                    }
-                    let mut ack = [0u8; 1];
-                    recv.read_exact(&mut ack).await?;
-                }
-                Direction::Download => {
-                    let mut head = vec![b'D'];
-                    head.extend_from_slice(&(bytes as u64).to_le_bytes());
-                    send.write_all(&head).await?;
-                    let mut got = 0;
-                    while let Some(chunk) = recv.read_chunk(usize::MAX, true).await? {
-                        got += chunk.bytes.len();
-                    }
-                    if got != bytes {
-                        bail!("download got {got} of {bytes} bytes");
-                    }
-                }
+            // `streams` streams at once on the one connection, each with its share.
+            let mut tasks = tokio::task::JoinSet::new();
+            let mut offset = 0;
+            for (i, dest) in dests.drain(..).enumerate() {
+                let piece = source.as_ref().map(|s| s.slice(offset..offset + share(i)));
+                offset += share(i);
+                tasks.spawn(bulk_stream(conn.clone(), dir, share(i), piece, dest));
+            }
+            while let Some(done) = tasks.join_next().await {
+                done??;
             }
             let secs = t.elapsed().as_secs_f64();
-            let _ = send.finish();
             conn.close(0u32.into(), b"done");
             let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
             anyhow::Ok(bytes as f64 / secs)
@@ -619,6 +675,54 @@ pub fn quinn_bulk(certs: &Certs, addr: SocketAddr, tuning: Tuning, dir: Directio
         .await
         .context("raw quinn bulk timed out")?
     })
+}
+
+/// One stream of [`quinn_bulk`]: `bytes` up or down, until the other side has them all; an
+/// upload sends `source` when given (else one block again and again), a download writes into
+/// `dest` when given (else drops what it gets).
+async fn bulk_stream(conn: quinn::Connection, dir: Direction, bytes: usize, source: Option<Bytes>, dest: Option<Vec<u8>>) -> Result<()> {
+    let block = Bytes::from(vec![0xa5u8; BULK_CHUNK]);
+    let (mut send, mut recv) = conn.open_bi().await?;
+    match dir {
+        Direction::Upload => {
+            let mut head = vec![if source.is_some() { b'W' } else { b'U' }];
+            head.extend_from_slice(&(bytes as u64).to_le_bytes());
+            send.write_all(&head).await?;
+            let mut sent = 0;
+            while sent < bytes {
+                let n = BULK_CHUNK.min(bytes - sent);
+                let piece = match &source {
+                    Some(m) => m.slice(sent..sent + n),
+                    None => block.slice(..n),
+                };
+                send.write_chunk(piece).await?;
+                sent += n;
+            }
+            let mut ack = [0u8; 1];
+            recv.read_exact(&mut ack).await?;
+        }
+        Direction::Download => {
+            let mut head = vec![if dest.is_some() { b'R' } else { b'D' }];
+            head.extend_from_slice(&(bytes as u64).to_le_bytes());
+            send.write_all(&head).await?;
+            let mut into = dest;
+            let mut got = 0;
+            while let Some(chunk) = recv.read_chunk(usize::MAX, true).await? {
+                if let Some(into) = &mut into {
+                    if got + chunk.bytes.len() > bytes {
+                        bail!("download sent more than {bytes} bytes");
+                    }
+                    into[got..got + chunk.bytes.len()].copy_from_slice(&chunk.bytes);
+                }
+                got += chunk.bytes.len();
+            }
+            if got != bytes {
+                bail!("download got {got} of {bytes} bytes");
+            }
+        }
+    }
+    let _ = send.finish();
+    Ok(())
 }
 
 fn tcp_connect(addr: SocketAddr, op: u8) -> Result<TcpStream> {
