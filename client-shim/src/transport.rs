@@ -238,13 +238,10 @@ fn explain(e: &quinn::ConnectionError) -> String {
 
 async fn read_frame(recv: &mut quinn::RecvStream, limit: usize) -> Result<RawFrame, String> {
     let mut prefix = [0u8; 4];
-    recv.read_exact(&mut prefix).await.map_err(|e| match e {
-        quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c)) => explain(&c),
-        other => other.to_string(),
-    })?;
+    recv.read_exact(&mut prefix).await.map_err(read_error)?;
     let len = frame::body_len(prefix, limit).map_err(|e| e.to_string())?;
     let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+    recv.read_exact(&mut body).await.map_err(read_error)?;
     frame::split_body(Bytes::from(body)).map_err(|e| e.to_string())
 }
 
@@ -398,14 +395,15 @@ async fn io_main(
                 Ok(m) => m,
                 Err(e) => return e,
             };
-            let mut host = None;
-            if let ServerMsg::Reply { .. } = msg {
-                let mut pending = pending_reader.lock().unwrap();
-                if let Some(ReplyTo::Host(_)) = pending.front() {
-                    host = pending.pop_front();
-                }
-            }
-            if let Some(ReplyTo::Host(mut dst)) = host {
+            // Every reply has its slot at the front of the queue, taken once.
+            let slot = match msg {
+                ServerMsg::Reply { .. } => match pending_reader.lock().unwrap().pop_front() {
+                    Some(slot) => Some(slot),
+                    None => return "a reply nobody waited for".into(),
+                },
+                _ => None,
+            };
+            if let Some(ReplyTo::Host(mut dst)) = slot {
                 let outcome = landing(&dst, &msg, payload_len);
                 if outcome.is_ok() {
                     // SAFETY: `dst` is a range of host memory this process's application handed
@@ -419,9 +417,9 @@ async fn io_main(
                         Err(_) => return "a copy into a null buffer".into(),
                     };
                     if let Err(e) = recv.read_exact(into).await {
-                        return e.to_string();
+                        return read_error(e);
                     }
-                    crate::stats::record_reply("MemcpyDtoH", payload_len);
+                    crate::stats::record_reply(cuwire_protocol::Function::MemcpyDtoH.name(), payload_len);
                 } else if let Err(e) = read_payload(&mut recv, payload_len).await {
                     return e;
                 }
@@ -441,13 +439,9 @@ async fn io_main(
                 }
                 ServerMsg::Goodbye { reason } => return format!("the server ended the session: {reason}"),
                 reply @ ServerMsg::Reply { .. } => {
-                    let slot = pending_reader.lock().unwrap().pop_front();
-                    match slot {
-                        Some(ReplyTo::Waiter(slot)) => {
-                            let _ = slot.send(Ok((reply, payload)));
-                        }
-                        // Taken above; a reply to nobody is the server's error.
-                        Some(ReplyTo::Host(_)) | None => return "a reply nobody waited for".into(),
+                    // A host slot was handled above.
+                    if let Some(ReplyTo::Waiter(slot)) = slot {
+                        let _ = slot.send(Ok((reply, payload)));
                     }
                 }
             }

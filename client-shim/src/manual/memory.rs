@@ -39,18 +39,7 @@ pub fn dtoh(out: &mut [u8], src: CUdeviceptr, stream: Stream) -> Result<(), CuEr
         return Ok(());
     }
     let group = Arc::new(HostWrites::default());
-    let addr = out.as_mut_ptr() as usize;
-    let mut sent = Ok(());
-    for (i, offset) in (0..out.len()).step_by(COPY_CHUNK).enumerate() {
-        let len = COPY_CHUNK.min(out.len() - offset);
-        // The first chunk is a barrier, so earlier fire-and-forget errors surface here.
-        let kind = if i == 0 { CallKind::Barrier } else { CallKind::Sync };
-        let req = calls::MemcpyDtoH::Req { src: src + offset as u64, bytes: len as u64, stream };
-        if let Err(e) = c.submit_to_host(kind, true, Request::MemcpyDtoH(req), HostDst::new(&group, addr + offset, len)) {
-            sent = Err(e);
-            break;
-        }
-    }
+    let sent = request_into_host(c, out.as_mut_ptr() as usize, out.len(), src, stream, &group, true);
     // Every chunk sent lands or fails before `out` is the caller's again, even after an error.
     group.wait_all();
     sent?;
@@ -77,11 +66,26 @@ fn page_locked(objects: &client::Objects, addr: usize, len: usize) -> bool {
 /// whatever the application does next. Its errors surface at the next synchronising call.
 fn dtoh_async(dst: usize, bytes: usize, src: CUdeviceptr, stream: Stream) -> Result<(), CuError> {
     let c = client::get()?;
-    let writes = c.lane.transport().host_writes();
-    for offset in (0..bytes).step_by(COPY_CHUNK) {
+    request_into_host(c, dst, bytes, src, stream, c.lane.transport().host_writes(), false)
+}
+
+/// Asks for `bytes` device bytes at `src` in chunks whose replies the I/O thread writes to host
+/// memory at `addr`, each counted in `group`. A `waited` copy's first chunk is a barrier, so
+/// earlier fire-and-forget errors surface with it; an asynchronous one's are plain requests.
+fn request_into_host(
+    c: &client::Client,
+    addr: usize,
+    bytes: usize,
+    src: CUdeviceptr,
+    stream: Stream,
+    group: &Arc<HostWrites>,
+    waited: bool,
+) -> Result<(), CuError> {
+    for (i, offset) in (0..bytes).step_by(COPY_CHUNK).enumerate() {
         let len = COPY_CHUNK.min(bytes - offset);
+        let kind = if waited && i == 0 { CallKind::Barrier } else { CallKind::Sync };
         let req = calls::MemcpyDtoH::Req { src: src + offset as u64, bytes: len as u64, stream };
-        c.submit_to_host(CallKind::Sync, false, Request::MemcpyDtoH(req), HostDst::new(writes, dst + offset, len))?;
+        c.submit_to_host(kind, waited, Request::MemcpyDtoH(req), HostDst::new(group, addr + offset, len))?;
     }
     Ok(())
 }
