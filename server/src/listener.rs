@@ -31,9 +31,13 @@ pub mod close_codes {
 /// Bytes of calls a session may have queued for its worker (a full copy chunk fits many times).
 const SESSION_QUEUE_BYTES: usize = 256 << 20;
 
-/// Bytes of reply payloads (device-to-host copies) a session may have waiting to be written: a
-/// client that asks for data and does not read it stalls its own worker, not the server's memory.
-const SESSION_REPLY_BYTES: usize = 256 << 20;
+/// Bytes of reply payloads (device-to-host copies) a session may have unacknowledged: a client
+/// that asks for data and does not read it stalls its own worker, not the server's memory. A
+/// reply's share is held until quinn drops its data (acknowledged, or the connection gone), so
+/// this bounds what the session's copies hold in all; it is as large as the client's stream
+/// receive window (64 MiB, which bounds the unacknowledged data anyway) and as many chunks as
+/// `staging` keeps for reuse.
+const SESSION_REPLY_BYTES: usize = crate::backend::staging::KEEP * cuwire_protocol::limits::COPY_CHUNK;
 
 pub struct ListenerConfig {
     pub listen: SocketAddr,
@@ -315,12 +319,24 @@ fn answers_inline(call: &Call, payload: &Bytes, work_finishes_in_call: bool) -> 
 /// Drives one session: frames in, calls run in order on the session's worker thread (or, for
 /// the calls [`answers_inline`] picks, on the reader when the worker is idle), replies out in
 /// the same order.
+/// A reply's data with its share of the session's reply budget, given back when quinn drops it.
+struct Budgeted {
+    payload: Bytes,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Budgeted {
+    fn as_ref(&self) -> &[u8] {
+        &self.payload
+    }
+}
+
 async fn run_lane(conn: &quinn::Connection, session: Session, mut send: quinn::SendStream, mut recv: quinn::RecvStream) -> Result<()> {
     // Calls waiting for the worker hold a share of a per-session byte budget, so a client that
     // sends faster than its calls run cannot make the server buffer without bound.
     let budget = Arc::new(Semaphore::new(SESSION_QUEUE_BYTES));
     let (call_tx, mut call_rx) = mpsc::channel::<(Call, Bytes, tokio::sync::OwnedSemaphorePermit)>(1024);
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<(ServerMsg, Bytes, Option<OwnedSemaphorePermit>)>();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<(ServerMsg, Bytes)>();
     let reply_budget = Arc::new(Semaphore::new(SESSION_REPLY_BYTES));
     let runtime = tokio::runtime::Handle::current();
     let session_id = session.id;
@@ -337,17 +353,17 @@ async fn run_lane(conn: &quinn::Connection, session: Session, mut send: quinn::S
                 let outcome = session.lock().handle(call, payload);
                 drop(permit);
                 for (msg, payload) in outcome.messages {
-                    // A reply's data holds its share of the budget until it is written.
-                    let held = if payload.is_empty() {
-                        None
+                    // A reply's data holds its share of the budget until quinn drops it.
+                    let payload = if payload.is_empty() {
+                        payload
                     } else {
                         let cost = payload.len().clamp(1, SESSION_REPLY_BYTES) as u32;
                         match runtime.block_on(reply_budget.clone().acquire_many_owned(cost)) {
-                            Ok(p) => Some(p),
+                            Ok(permit) => Bytes::from_owner(Budgeted { payload, _permit: permit }),
                             Err(_) => break 'calls,
                         }
                     };
-                    if out_tx.send((msg, payload, held)).is_err() {
+                    if out_tx.send((msg, payload)).is_err() {
                         break;
                     }
                 }
@@ -359,12 +375,10 @@ async fn run_lane(conn: &quinn::Connection, session: Session, mut send: quinn::S
     let writer = async {
         // Replies queued while the last write was under way go out together.
         let mut batch = frame::WriteBatch::default();
-        let mut held = Vec::new();
         while let Some(first) = out_rx.recv().await {
             let mut next = Some(first);
             let mut replies = 0usize;
-            while let Some((msg, payload, permit)) = next.take() {
-                held.extend(permit);
+            while let Some((msg, payload)) = next.take() {
                 batch.push(frame::encode(&msg, payload.len())?);
                 if !payload.is_empty() {
                     batch.push(payload);
@@ -377,7 +391,6 @@ async fn run_lane(conn: &quinn::Connection, session: Session, mut send: quinn::S
             let chunks = batch.chunks();
             let result = send.write_all_chunks(chunks).await;
             chunks.clear();
-            held.clear();
             result?;
         }
         anyhow::Ok(())
@@ -412,7 +425,7 @@ async fn run_lane(conn: &quinn::Connection, session: Session, mut send: quinn::S
                 if in_flight.load(Ordering::Acquire) == 0 && answers_inline(&call, &raw.payload, work_finishes_in_call) {
                     // Inline answers carry no data (see answers_inline): nothing to budget.
                     for (msg, payload) in session.lock().handle(call, raw.payload).messages {
-                        if out_tx.send((msg, payload, None)).is_err() {
+                        if out_tx.send((msg, payload)).is_err() {
                             return Ok(());
                         }
                     }
@@ -432,8 +445,10 @@ async fn run_lane(conn: &quinn::Connection, session: Session, mut send: quinn::S
         w = writer => w,
         e = conn.closed() => Err(anyhow::anyhow!("{e}")),
     };
-    // Dropping the channel ends the worker, which frees the session's resources.
+    // Dropping the channel ends the worker, which frees the session's resources; closing the
+    // budget wakes it if it waits for replies quinn still holds (they go with the connection).
     drop(call_tx);
+    reply_budget.close();
     let _ = tokio::task::spawn_blocking(move || worker.join()).await;
     result
 }

@@ -814,30 +814,30 @@ impl Backend for CudaBackend {
 
     fn memcpy_dtoh(&self, ctx: Id, stream: Id, src: DevPtr, bytes: u64) -> CuResult<Bytes> {
         let len = to_usize(bytes)?;
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
         self.with_ctx(ctx, |c| {
             let s = c.stream(stream)?;
-            let mut out: Vec<u8> = Vec::new();
-            out.try_reserve_exact(len).map_err(|_| CuError::OUT_OF_MEMORY)?;
-            out.resize(len, 0);
-            if len == 0 {
-                return Ok(Bytes::new());
-            }
-            if let Some(f) = self.api.memcpy_dtoh_async {
-                // SAFETY: cuMemcpyDtoHAsync_v2(void*, CUdeviceptr, size_t, CUstream): `out` is
-                // writable for `len` bytes and is not touched until the stream is synchronized
-                // just below, which finishes the copy before `out` is read or moved.
-                ck(unsafe { f(out.as_mut_ptr().cast(), src, len, s) })?;
-                self.stream_sync_raw(s)?;
-            } else {
-                let f = need(self.api.memcpy_dtoh)?;
-                if !s.is_null() {
-                    self.stream_sync_raw(s)?;
+            // A successful copy writes every byte of `out` (staging::reply's contract).
+            super::staging::reply(len, |out| {
+                if let Some(f) = self.api.memcpy_dtoh_async {
+                    // SAFETY: cuMemcpyDtoHAsync_v2(void*, CUdeviceptr, size_t, CUstream): `out`
+                    // is writable for `len` bytes and is not touched until the stream is
+                    // synchronized just below, which finishes the copy before `out` is read
+                    // or moved.
+                    ck(unsafe { f(out.as_mut_ptr().cast(), src, len, s) })?;
+                    self.stream_sync_raw(s)
+                } else {
+                    let f = need(self.api.memcpy_dtoh)?;
+                    if !s.is_null() {
+                        self.stream_sync_raw(s)?;
+                    }
+                    // SAFETY: cuMemcpyDtoH_v2(void*, CUdeviceptr, size_t): synchronous; `out` is
+                    // writable for `len` bytes.
+                    ck(unsafe { f(out.as_mut_ptr().cast(), src, len) })
                 }
-                // SAFETY: cuMemcpyDtoH_v2(void*, CUdeviceptr, size_t): synchronous; `out` is
-                // writable for `len` bytes.
-                ck(unsafe { f(out.as_mut_ptr().cast(), src, len) })?;
-            }
-            Ok(Bytes::from(out))
+            })
         })
     }
 

@@ -292,9 +292,9 @@ impl Backend for EmuBackend {
         let c = self.ctx(ctx)?;
         Self::check_stream(&c, stream)?;
         c.mem.check_range(src, bytes).map_err(err)?;
-        let mut out = vec![0u8; bytes as usize];
-        c.mem.read(src, &mut out).map_err(err)?;
-        Ok(Bytes::from(out))
+        let len = usize::try_from(bytes).map_err(|_| CuError::INVALID_VALUE)?;
+        // `read` writes every byte of the range (zeros where nothing was stored).
+        super::staging::reply(len, |out| c.mem.read(src, out).map_err(err))
     }
 
     fn memcpy_dtod(&self, ctx: Id, stream: Id, dst: DevPtr, src: DevPtr, bytes: u64) -> CuResult<()> {

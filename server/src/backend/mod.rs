@@ -5,6 +5,7 @@
 
 pub mod cuda;
 pub mod emu;
+pub mod staging;
 
 use bytes::Bytes;
 use cuwire_protocol::handshake::DeviceInfo;
