@@ -22,6 +22,7 @@ pub mod ffi;
 pub mod lane;
 pub mod manual;
 pub mod proc_address;
+pub mod staging;
 pub mod stats;
 pub mod transport;
 

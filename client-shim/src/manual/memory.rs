@@ -1,10 +1,11 @@
 //! Memory: page-locked host memory lives in this process; copies and memsets travel on the
-//! lane. Host-to-device data is chunked and sent without waiting (the synchronous form waits
+//! lane. Host-to-device data is chunked, staged (see `staging`) and sent without waiting (the synchronous form waits
 //! for its last chunk only); device-to-host chunks are all requested at once and land straight
 //! in the destination (the server's reply budget bounds what it holds meanwhile).
 
 use super::*;
 use crate::client;
+use crate::staging;
 use crate::transport::{HostDst, HostWrites};
 use crate::{export, ffi};
 use bytes::Bytes;
@@ -24,7 +25,7 @@ pub fn htod(dst: CUdeviceptr, data: &[u8], stream: Stream, sync: bool) -> Result
         let last = i + 1 == chunks;
         let kind = if last && sync { CallKind::Barrier } else { CallKind::Async };
         let req = calls::MemcpyHtoD::Req { dst: dst + (i * COPY_CHUNK) as u64, stream };
-        if let Some(ticket) = c.submit(kind, Request::MemcpyHtoD(req), Bytes::copy_from_slice(chunk))? {
+        if let Some(ticket) = c.submit(kind, Request::MemcpyHtoD(req), staging::STAGING.stage(chunk, || c.lane.transport().is_dead()))? {
             ticket.wait()?;
         }
     }
