@@ -457,7 +457,10 @@ fn stalled_tls_handshakes_fill_only_the_pending_slots_and_sessions_go_on() {
     while metric(&metrics, "cuwire_handshake_refusals_total{reason=\"tls_timeout\"}") < PENDING as f64 && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(metric(&metrics, "cuwire_handshake_refusals_total{reason=\"tls_timeout\"}"), PENDING as f64, "{}", server.log());
+    // The PENDING admitted ones time out; a staller still retransmitting its first packet may
+    // take a freed slot and time out in turn, so more than PENDING may be counted, never fewer.
+    let timeouts = metric(&metrics, "cuwire_handshake_refusals_total{reason=\"tls_timeout\"}");
+    assert!((PENDING as f64..=STALLED as f64).contains(&timeouts), "{timeouts} handshake timeouts\n{}", server.log());
     let after = run_client_timeout(fault_client(&["after"]), server.env(), &[], RUN);
     assert_exited_normally(&after);
     assert!(after.stdout.contains("after cuMemFree ok"), "{after}\n{}", server.log());
