@@ -96,7 +96,8 @@ pub fn server_tls(certs: &Certs) -> Result<rustls::ServerConfig> {
 pub enum Tuning {
     /// quinn's defaults.
     Default,
-    /// The flow-control windows cuwired and the shim use (64 MiB stream, 256 MiB connection).
+    /// The transport settings cuwired and the shim use: flow-control windows (64 MiB stream,
+    /// 256 MiB connection) and MTU discovery up to `limits::MAX_UDP_PAYLOAD`.
     Cuwire,
 }
 
@@ -106,7 +107,7 @@ impl Tuning {
     pub fn name(self) -> &'static str {
         match self {
             Tuning::Default => "default",
-            Tuning::Cuwire => "cuwire-windows",
+            Tuning::Cuwire => "cuwire-tuned",
         }
     }
 
@@ -128,6 +129,10 @@ impl Tuning {
             t.stream_receive_window(quinn::VarInt::from_u32(64 << 20))
                 .receive_window(quinn::VarInt::from_u32(256 << 20))
                 .send_window(256 << 20);
+            // Packets as large as the path carries (see limits::MAX_UDP_PAYLOAD).
+            let mut mtu = quinn::MtuDiscoveryConfig::default();
+            mtu.upper_bound(cuwire_protocol::limits::MAX_UDP_PAYLOAD);
+            t.mtu_discovery_config(Some(mtu));
         }
         t
     }
@@ -178,7 +183,7 @@ pub struct RawServerArgs {
     pub certs: Option<PathBuf>,
     #[arg(long, default_value = "multi-thread")]
     pub runtime: String,
-    #[arg(long, default_value = "cuwire-windows")]
+    #[arg(long, default_value = "cuwire-tuned")]
     pub tuning: String,
 }
 

@@ -105,6 +105,10 @@ impl Listener {
             .stream_receive_window(quinn::VarInt::from_u32(64 << 20))
             .receive_window(quinn::VarInt::from_u32(256 << 20))
             .send_window(256 << 20);
+        // Packets as large as the path carries (see limits::MAX_UDP_PAYLOAD).
+        let mut mtu = quinn::MtuDiscoveryConfig::default();
+        mtu.upper_bound(cuwire_protocol::limits::MAX_UDP_PAYLOAD);
+        transport.mtu_discovery_config(Some(mtu));
         server.transport_config(Arc::new(transport));
         let endpoint = quinn::Endpoint::server(server, cfg.listen).with_context(|| format!("binding {}", cfg.listen))?;
         Ok(Listener { endpoint, pool, cfg })
