@@ -20,6 +20,7 @@ pub mod context;
 pub mod export_tables;
 pub mod ffi;
 pub mod lane;
+pub mod loan;
 pub mod manual;
 pub mod proc_address;
 pub mod staging;

@@ -1,4 +1,5 @@
-//! Staging buffers for host-to-device chunks: the caller's bytes are copied into one of a few
+//! Staging buffers for the chunks of asynchronous host-to-device copies (a synchronous copy lends
+//! the caller's memory instead, see `loan`): the caller's bytes are copied into one of a few
 //! reused buffers, which quinn holds until the server has acknowledged them.
 //!
 //! Why: a fresh 4 MiB allocation per chunk is fresh memory, so the kernel faults in and zeroes
@@ -15,8 +16,9 @@ use std::time::Duration;
 /// Staging buffers are this large (one copy chunk).
 const SIZE: usize = COPY_CHUNK;
 /// Smaller chunks are plain copies: small allocations come from the allocator's arenas without
-/// faults, and a small copy should not hold a whole chunk's buffer.
-const SMALLEST: usize = SIZE / 4;
+/// faults, and a small copy should not hold a whole chunk's buffer. (Synchronous copies lend
+/// their memory from this size up.)
+pub const SMALLEST: usize = SIZE / 4;
 /// Chunks staged at once (64 MiB): as much as the server's stream window lets be in flight.
 pub const LIMIT: usize = 16;
 /// Idle buffers kept (32 MiB): enough for a steady stream of copies to allocate nothing.

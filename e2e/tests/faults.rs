@@ -587,6 +587,35 @@ fn a_three_second_network_drop_is_ridden_out_with_nothing_lost_or_applied_twice(
     );
 }
 
+/// A synchronous host-to-device copy lends the caller's buffer to quinn until the server has
+/// acknowledged it (client-shim/src/loan.rs): when the acknowledgements never come, the copy must
+/// still fail once the connection is declared lost, not wait forever.
+#[test]
+fn a_drop_during_a_large_copy_fails_the_copy_cleanly() {
+    if !c_clients_available() {
+        return;
+    }
+    let _turn = one_at_a_time();
+    let server = Server::start(&[]);
+    let relay = Relay::start(server.addr());
+    let mut client =
+        spawn_client(fault_client(&["copyloop", "20", "64", "after"]), &relay.env(&server), &[("CUWIRE_IDLE_TIMEOUT", Some("2"))]);
+    client.wait_for("copyloop started", LINE);
+    // Copies are under way (64 MiB each, 16 chunks); cut the network in the middle of one.
+    thread::sleep(Duration::from_millis(500));
+    let dropped = Instant::now();
+    relay.set_dropping(true);
+    let failed = client.wait_for("copyloop ", Duration::from_secs(8));
+    let noticed = dropped.elapsed();
+    assert!(failed.starts_with("copyloop error CUDA_ERROR_"), "{failed}");
+    assert!(noticed < Duration::from_millis(4000), "the copy failed {noticed:?} after the network went");
+    let out = client.finish(RUN);
+    assert_later_calls_fail(&out, Duration::from_secs(2));
+    assert_exited_normally(&out);
+    assert!(server.is_running());
+    eprintln!("the network went mid-copy; the copy failed after {noticed:?}: {failed}");
+}
+
 #[test]
 fn a_drop_longer_than_the_idle_timeout_fails_calls_cleanly() {
     if !c_clients_available() {

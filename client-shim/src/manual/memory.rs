@@ -1,13 +1,14 @@
 //! Memory: page-locked host memory lives in this process; copies and memsets travel on the
-//! lane. Host-to-device data is chunked, staged (see `staging`) and sent without waiting (the synchronous form waits
-//! for its last chunk only); device-to-host chunks are all requested at once and land straight
+//! lane. Host-to-device data is chunked and sent without waiting (the synchronous form waits for
+//! its last chunk only): lent to quinn in place by a synchronous copy (see `loan`), staged by an
+//! asynchronous one (see `staging`); device-to-host chunks are all requested at once and land straight
 //! in the destination (the server's reply budget bounds what it holds meanwhile).
 
 use super::*;
 use crate::client;
-use crate::staging;
 use crate::transport::{HostDst, HostWrites};
 use crate::{export, ffi};
+use crate::{loan, staging};
 use bytes::Bytes;
 use cuwire_protocol::limits::COPY_CHUNK;
 use cuwire_protocol::{calls, CallKind, CuError, Request, Stream};
@@ -20,12 +21,28 @@ pub fn htod(dst: CUdeviceptr, data: &[u8], stream: Stream, sync: bool) -> Result
     if data.is_empty() {
         return Ok(());
     }
+    if sync && data.len() >= staging::SMALLEST {
+        // The call holds the caller's buffer until the copy is done: quinn reads it in place.
+        return loan::scope(|scope| send_chunks(c, dst, data, stream, sync, |chunk| scope.lend(chunk)));
+    }
+    // An asynchronous copy returns before its bytes are sent: they are copied first.
+    send_chunks(c, dst, data, stream, sync, |chunk| staging::STAGING.stage(chunk, || c.lane.transport().is_dead()))
+}
+
+fn send_chunks<'d>(
+    c: &client::Client,
+    dst: CUdeviceptr,
+    data: &'d [u8],
+    stream: Stream,
+    sync: bool,
+    payload: impl Fn(&'d [u8]) -> Bytes,
+) -> Result<(), CuError> {
     let chunks = data.len().div_ceil(COPY_CHUNK);
     for (i, chunk) in data.chunks(COPY_CHUNK).enumerate() {
         let last = i + 1 == chunks;
         let kind = if last && sync { CallKind::Barrier } else { CallKind::Async };
         let req = calls::MemcpyHtoD::Req { dst: dst + (i * COPY_CHUNK) as u64, stream };
-        if let Some(ticket) = c.submit(kind, Request::MemcpyHtoD(req), staging::STAGING.stage(chunk, || c.lane.transport().is_dead()))? {
+        if let Some(ticket) = c.submit(kind, Request::MemcpyHtoD(req), payload(chunk))? {
             ticket.wait()?;
         }
     }
