@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use cuwire_protocol::limits::{MAX_NAME, MAX_PAYLOAD};
 use cuwire_protocol::{
     calls, Call, CallKind, Ctx, CuError, DevPtr, Event, Func, Kernel, Latched, LaunchDims, Library, MemPool, Module, ModuleInfo, Reply,
     Request, Rows, ServerMsg, Stream,
@@ -290,6 +291,35 @@ fn forged_module_and_function_are_invalid_handle() {
     t.ok(Request::cuModuleUnload(calls::cuModuleUnload::Req { module: Module(10) }));
     assert_eq!(t.get_function(Func(22), Module(10), "vecadd").err(), Some(CuError::INVALID_HANDLE));
     assert_eq!(t.launch_vecadd(&info, Func(20), pa, pb, pc, n as u32).err(), Some(CuError::INVALID_HANDLE));
+}
+
+/// Names are bounded before any lookup, and a device-to-host copy larger than one frame's
+/// payload is refused before the backend is asked for it; at the limits both work.
+#[test]
+fn overlong_names_and_oversized_reads_are_invalid_value() {
+    let b = backend();
+    let mut t = Tenant::with_ctx(1, &b);
+    t.load_vecadd(Module(10));
+    let long = "v".repeat(MAX_NAME + 1);
+    assert_eq!(t.get_function(Func(20), Module(10), &long).err(), Some(CuError::INVALID_VALUE));
+    t.fails(
+        Request::ModuleGetGlobal(calls::ModuleGetGlobal::Req { module: Module(10), name: long.clone(), ..Default::default() }),
+        CuError::INVALID_VALUE,
+    );
+    // A name at the limit is looked up: not in the module, so NOT_FOUND.
+    assert_eq!(t.get_function(Func(20), Module(10), &"v".repeat(MAX_NAME)).err(), Some(CuError::NOT_FOUND));
+    t.get_function(Func(20), Module(10), "vecadd").expect("the module still serves its function");
+
+    let limit = MAX_PAYLOAD as u64;
+    let p = t.alloc(2 * limit);
+    for bytes in [limit + 1, 2 * limit, u64::MAX] {
+        assert_eq!(t.dtoh(p, bytes).err(), Some(CuError::INVALID_VALUE), "a read of {bytes} bytes");
+    }
+    let data = pattern(4096, 9);
+    t.htod(p + limit - 4096, &data).unwrap();
+    let back = t.dtoh(p, limit).expect("a read of exactly the payload limit");
+    assert_eq!(back.len(), MAX_PAYLOAD);
+    assert_eq!(&back[MAX_PAYLOAD - 4096..], &data[..], "the bytes written before are read back");
 }
 
 // ---------------------------------------------------------------------------

@@ -569,3 +569,27 @@ export! {
         unsafe { ffi::write(name, p) }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CString;
+
+    /// Module files are read on the client and must fit one frame's payload: an empty or
+    /// oversized one is INVALID_IMAGE before anything is sent, a missing one FILE_NOT_FOUND.
+    #[test]
+    fn module_files_must_fit_one_payload() {
+        let dir = std::env::temp_dir().join(format!("cuwire-shim-module-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = |name: &str| CString::new(dir.join(name).to_str().unwrap()).unwrap();
+        // Sparse files: sizes without the writes.
+        for (name, len) in [("empty.ptx", 0), ("at_limit.ptx", MAX_PAYLOAD as u64), ("over.ptx", MAX_PAYLOAD as u64 + 1)] {
+            std::fs::File::create(dir.join(name)).unwrap().set_len(len).unwrap();
+        }
+        assert_eq!(read_file(path("empty.ptx").as_ptr()).err(), Some(CuError::INVALID_IMAGE));
+        assert_eq!(read_file(path("over.ptx").as_ptr()).err(), Some(CuError::INVALID_IMAGE));
+        assert_eq!(read_file(path("at_limit.ptx").as_ptr()).map(|b| b.len()), Ok(MAX_PAYLOAD));
+        assert_eq!(read_file(path("missing.ptx").as_ptr()).err(), Some(CuError(cuda::CUDA_ERROR_FILE_NOT_FOUND)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
