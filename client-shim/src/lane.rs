@@ -28,6 +28,9 @@ pub struct Ticket {
     function: &'static str,
     /// For a `Barrier`: where an asynchronous device-to-host copy's error waits to be reported.
     host_writes: Option<std::sync::Arc<HostWrites>>,
+    /// For a `Barrier`: the page-locked memory lent before it is given back before it returns,
+    /// so the application may change those bytes once it has synchronised (see `loan`).
+    pinned_mark: Option<u64>,
 }
 
 impl Lane {
@@ -47,7 +50,8 @@ impl Lane {
         } else {
             let (tx, rx) = mpsc::sync_channel(1);
             let host_writes = (kind == CallKind::Barrier).then(|| self.transport.host_writes().clone());
-            (Some(ReplyTo::Waiter(tx)), Some(Ticket { rx, function, host_writes }))
+            let pinned_mark = (kind == CallKind::Barrier).then(|| crate::loan::PINNED.mark());
+            (Some(ReplyTo::Waiter(tx)), Some(Ticket { rx, function, host_writes, pinned_mark }))
         };
         stats::record(function, kind, payload.len());
         self.send(ctx, kind, request, payload, slot)?;
@@ -121,6 +125,10 @@ impl Ticket {
             Ok(Err(_)) | Err(_) => return Err(CONNECTION_LOST),
         };
         stats::record_reply(self.function, payload.len());
+        if let Some(mark) = self.pinned_mark {
+            // The reply carries the acknowledgements of what came before it: seldom a wait.
+            crate::loan::PINNED.wait_before(mark);
+        }
         // The reply proves every earlier copy has landed; one that failed reports here, and an
         // earlier error the server reported with this reply waits for the next barrier.
         if let Some(writes) = &self.host_writes {

@@ -368,6 +368,35 @@ static void check_pinned_streams_events(void) {
     EXPECT(ms >= 0.0f, "elapsed %f ms", (double)ms);
     ok("cuEventElapsedTime: %.3f ms", (double)ms);
 
+    /* An asynchronous copy from page-locked memory may read it after the call has returned (as
+     * DMA does): freeing it at once must wait until the copy has taken the bytes, so that what
+     * the next allocation (often the same pages) is filled with never reaches the device. */
+    {
+        const size_t big = 32 * MIB;
+        void *h3 = NULL, *h4 = NULL;
+        unsigned char *back = malloc(big), *want = malloc(big);
+        CUdeviceptr d3 = 0;
+        EXPECT(back && want, "malloc");
+        CHECK(cuMemAlloc(&d3, big));
+        CHECK(cuMemAllocHost(&h3, big));
+        fill_pattern(h3, big, 0x5678);
+        fill_pattern(want, big, 0x5678);
+        CHECK(cuMemcpyHtoDAsync(d3, h3, big, s));
+        CHECK(cuMemFreeHost(h3));
+        CHECK(cuMemAllocHost(&h4, big));
+        memset(h4, 0xee, big);
+        CHECK(cuStreamSynchronize(s));
+        CHECK(cuMemcpyDtoH(back, d3, big));
+        compare_bytes("async HtoD from page-locked memory freed at once", back, want, big);
+        CHECK(cuMemFreeHost(h4));
+        CHECK(cuMemFree(d3));
+        free(back);
+        free(want);
+        ok("cuMemFreeHost right after cuMemcpyHtoDAsync from it (%zu MiB): the device got the bytes "
+           "of before the free",
+           big / MIB);
+    }
+
     CHECK(cuEventDestroy(e1));
     CHECK(cuEventDestroy(e2));
     CHECK(cuStreamDestroy(s));

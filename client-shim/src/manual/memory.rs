@@ -1,7 +1,8 @@
 //! Memory: page-locked host memory lives in this process; copies and memsets travel on the
 //! lane. Host-to-device data is chunked and sent without waiting (the synchronous form waits for
-//! its last chunk only): lent to quinn in place by a synchronous copy (see `loan`), staged by an
-//! asynchronous one (see `staging`); device-to-host chunks are all requested at once and land straight
+//! its last chunk only): lent to quinn in place by a synchronous copy and by an asynchronous one
+//! from page-locked memory (see `loan`), staged by an asynchronous one from pageable memory (see
+//! `staging`); device-to-host chunks are all requested at once and land straight
 //! in the destination (the server's reply budget bounds what it holds meanwhile).
 
 use super::*;
@@ -21,11 +22,21 @@ pub fn htod(dst: CUdeviceptr, data: &[u8], stream: Stream, sync: bool) -> Result
     if data.is_empty() {
         return Ok(());
     }
-    if sync && data.len() >= staging::SMALLEST {
-        // The call holds the caller's buffer until the copy is done: quinn reads it in place.
-        return loan::scope(|scope| send_chunks(c, dst, data, stream, sync, |chunk| scope.lend(chunk)));
+    if data.len() >= staging::SMALLEST {
+        if sync {
+            // The call holds the caller's buffer until the copy is done: quinn reads it in place.
+            return loan::scope(|scope| send_chunks(c, dst, data, stream, sync, |chunk| scope.lend(chunk)));
+        }
+        if page_locked(&c.objects(), data.as_ptr() as usize, data.len()) {
+            // As the driver's DMA: read in place after the call returns.
+            // SAFETY: `data` lies in one page-locked allocation or registered range of this
+            // process, which is freed or unregistered only through cuMemFreeHost /
+            // cuMemHostUnregister, and those wait for the loans made before them.
+            return send_chunks(c, dst, data, stream, sync, |chunk| unsafe { loan::lend_pinned(chunk) });
+        }
     }
-    // An asynchronous copy returns before its bytes are sent: they are copied first.
+    // An asynchronous copy from pageable memory returns before its bytes are sent: they are
+    // copied first.
     send_chunks(c, dst, data, stream, sync, |chunk| staging::STAGING.stage(chunk, || c.lane.transport().is_dead()))
 }
 
@@ -271,13 +282,15 @@ export! {
 // stderr): there is no device address for this process's memory.
 
 export! {
-    /// Waits for asynchronous copies under way to land first, so none writes freed memory.
+    /// Waits for asynchronous copies under way to land first, so none writes freed memory, and
+    /// for quinn to be done with the page-locked bytes lent to asynchronous copies to the device.
     fn cuMemFreeHost(p: *mut c_void) {
         let c = client::get()?;
         if !c.objects().host_allocs.contains_key(&(p as usize)) {
             return Err(CuError::INVALID_VALUE);
         }
         c.lane.wait_host_writes();
+        loan::PINNED.wait_before(loan::PINNED.mark());
         if c.objects().host_allocs.remove(&(p as usize)).is_none() {
             return Err(CuError::INVALID_VALUE);
         }
@@ -327,6 +340,7 @@ export! {
     fn cuMemHostUnregister(p: *mut c_void) {
         let c = client::get()?;
         c.lane.wait_host_writes();
+        loan::PINNED.wait_before(loan::PINNED.mark());
         match c.objects().host_registered.remove(&(p as usize)) {
             Some(_) => Ok(()),
             None => Err(CuError(cuwire_protocol::cuda::CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED)),
