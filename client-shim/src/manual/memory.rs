@@ -152,8 +152,10 @@ export! {
 }
 
 export! {
-    /// The bytes are taken at the call (as a staging copy would), so the caller may reuse its
-    /// buffer at once; ordering on the stream is kept by the lane.
+    /// From pageable memory the bytes are taken at the call (as a staging copy would), so the
+    /// caller may reuse its buffer at once; from page-locked memory of 1 MiB and more they are
+    /// read in place after the call returns, as the driver's DMA reads them, until the next
+    /// synchronisation. Ordering on the stream is kept by the lane.
     fn cuMemcpyHtoDAsync_v2 | cuMemcpyHtoDAsync_v2_ptsz (dst: CUdeviceptr, src: *const c_void, bytes: usize, hstream: Handle) {
         // SAFETY: src is readable for `bytes` bytes.
         let data = unsafe { ffi::slice(src, bytes)? };
