@@ -389,11 +389,26 @@ static void check_pinned_streams_events(void) {
         CHECK(cuMemcpyDtoH(back, d3, big));
         compare_bytes("async HtoD from page-locked memory freed at once", back, want, big);
         CHECK(cuMemFreeHost(h4));
+
+        /* The same with the application's own memory, registered: unregistering waits, then
+         * the memory is the application's to change and free. */
+        void *r = NULL;
+        EXPECT(posix_memalign(&r, 4096, big) == 0, "posix_memalign");
+        fill_pattern(r, big, 0x9abc);
+        fill_pattern(want, big, 0x9abc);
+        CHECK(cuMemHostRegister(r, big, 0));
+        CHECK(cuMemcpyHtoDAsync(d3, r, big, s));
+        CHECK(cuMemHostUnregister(r));
+        memset(r, 0x11, big);
+        free(r);
+        CHECK(cuStreamSynchronize(s));
+        CHECK(cuMemcpyDtoH(back, d3, big));
+        compare_bytes("async HtoD from registered memory unregistered at once", back, want, big);
         CHECK(cuMemFree(d3));
         free(back);
         free(want);
-        ok("cuMemFreeHost right after cuMemcpyHtoDAsync from it (%zu MiB): the device got the bytes "
-           "of before the free",
+        ok("cuMemFreeHost / cuMemHostUnregister right after cuMemcpyHtoDAsync from the memory (%zu "
+           "MiB): the device got the bytes of before",
            big / MIB);
     }
 
