@@ -41,6 +41,7 @@ pub struct Driver {
     cu_mem_alloc: unsafe extern "C" fn(*mut DevPtr, usize) -> CuResult,
     cu_mem_free: unsafe extern "C" fn(DevPtr) -> CuResult,
     cu_memcpy_htod: unsafe extern "C" fn(DevPtr, *const c_void, usize) -> CuResult,
+    cu_memcpy_htod_async: unsafe extern "C" fn(DevPtr, *const c_void, usize, *mut c_void) -> CuResult,
     cu_memcpy_dtoh: unsafe extern "C" fn(*mut c_void, DevPtr, usize) -> CuResult,
     cu_mem_alloc_host: unsafe extern "C" fn(*mut *mut c_void, usize) -> CuResult,
     cu_mem_free_host: unsafe extern "C" fn(*mut c_void) -> CuResult,
@@ -95,6 +96,7 @@ impl Driver {
             cu_mem_alloc: sym!(lib, "cuMemAlloc_v2"),
             cu_mem_free: sym!(lib, "cuMemFree_v2"),
             cu_memcpy_htod: sym!(lib, "cuMemcpyHtoD_v2"),
+            cu_memcpy_htod_async: sym!(lib, "cuMemcpyHtoDAsync_v2"),
             cu_memcpy_dtoh: sym!(lib, "cuMemcpyDtoH_v2"),
             cu_mem_alloc_host: sym!(lib, "cuMemAllocHost_v2"),
             cu_mem_free_host: sym!(lib, "cuMemFreeHost"),
@@ -179,6 +181,21 @@ impl Driver {
     pub fn htod(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
         // SAFETY: src is readable for src.len() bytes for the whole (synchronous) call.
         self.check("cuMemcpyHtoD", unsafe { (self.cu_memcpy_htod)(dst, src.as_ptr().cast(), src.len()) })
+    }
+
+    /// cuMemcpyHtoDAsync on the null stream from the first `len` bytes of page-locked memory,
+    /// then cuCtxSynchronize: returns (time the call took, time until synchronised). The copy
+    /// may read `src` after the call returns; `src` stays borrowed until the synchronize.
+    pub fn htod_async_then_sync(&self, dst: DevPtr, src: &HostBuf, len: usize) -> Result<(std::time::Duration, std::time::Duration)> {
+        anyhow::ensure!(len <= src.len, "{len} bytes from a host buffer of {}", src.len);
+        let t = std::time::Instant::now();
+        // SAFETY: src.ptr is a live page-locked allocation of at least `len` bytes, freed only by
+        // free_host (cuMemFreeHost, which waits for copies from it); it is not written before the
+        // synchronize below, which ends the copy's use of it.
+        self.check("cuMemcpyHtoDAsync", unsafe { (self.cu_memcpy_htod_async)(dst, src.ptr.cast(), len, std::ptr::null_mut()) })?;
+        let issued = t.elapsed();
+        self.ctx_synchronize()?;
+        Ok((issued, t.elapsed()))
     }
 
     pub fn dtoh(&self, dst: &mut [u8], src: DevPtr) -> Result<()> {

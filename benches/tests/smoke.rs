@@ -60,6 +60,8 @@ fn quick_run_writes_every_section() {
         "/launch/fire_and_forget_per_s",
         "/launch/launch_synchronize/p50_us",
         "/launch/inproc_per_s",
+        "/htod_async_pinned/total_ms",
+        "/htod_async_pinned/Bps",
         "/baselines/quinn_pingpong/current-thread/p50_us",
         "/baselines/quinn_pingpong/multi-thread/p50_us",
         "/baselines/quinn_handoff_pingpong/p50_us",
