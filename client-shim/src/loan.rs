@@ -1,5 +1,5 @@
-//! The caller's memory lent to quinn for the length of one synchronous host-to-device copy,
-//! instead of a staging copy of it.
+//! The caller's memory lent to quinn instead of a staging copy of it: for the length of a
+//! synchronous host-to-device copy, or, from page-locked memory, until the next synchronisation.
 //!
 //! Why: a 256 MiB copy otherwise passes over the caller's bytes twice on the client (staging
 //! copy, then quinn's packet encryption), on a machine where memory traffic is what large copies
@@ -7,11 +7,11 @@
 //! drops it then; the server's reply to the copy's last chunk carries those acknowledgements, so
 //! the copy seldom waits for them after the reply.
 //!
-//! The rule that makes it sound: [`scope`] does not return (not even by unwinding) until quinn has
-//! let go of every chunk lent in it, and the lent memory is borrowed for the whole call. quinn lets go on acknowledgement, on a reset stream, or when the
-//! connection's state is dropped, which the I/O thread's end does (its runtime and every handle
-//! of the connection go with it), so the wait ends even when the connection is lost.
-
+//! The rule that makes it sound: [`scope`] does not return (not even by unwinding) until quinn
+//! has let go of every chunk lent in it, and the lent memory is borrowed for the whole call.
+//! quinn lets go on acknowledgement, on a reset stream, or when the connection's state is
+//! dropped, which the I/O thread's end does (its runtime and every handle of the connection go
+//! with it), so the wait ends even when the connection is lost.
 //!
 //! Asynchronous copies from page-locked memory lend it too ([`lend_pinned`]), as the driver's DMA
 //! reads page-locked memory after the call has returned: that memory is this process's (the
