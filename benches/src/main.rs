@@ -510,6 +510,12 @@ fn bench(mut args: RunArgs) -> Result<()> {
     let launch_total = single["launch_total_s"].as_f64().unwrap_or(f64::MAX);
     let launch_issue = single["launch_issue_s"].as_f64().unwrap_or(f64::MAX);
     let launch_rate = launches as f64 / launch_total;
+    // The same calls with the former way of waiting (the I/O thread drives, callers sleep until
+    // it hands the reply over), in the same run: what driving on the calling thread saves.
+    let mut cmd = client_command(&pool, &shim)?;
+    cmd.env("CUWIRE_IO_THREAD", "1");
+    cmd.args(["--suite", "latency", "--ops", &ops.to_string(), "--warmup", &(ops / 10).max(10).to_string()]);
+    let io_thread = Summary::of(&stats::samples(&run_json(cmd, Duration::from_secs(600))?["ctx_synchronize"]));
 
     eprintln!("… concurrent clients");
     let mut levels = Vec::new();
@@ -534,9 +540,12 @@ fn bench(mut args: RunArgs) -> Result<()> {
         "p99.9",
         qflavor.name()
     );
-    for (name, s) in
-        [("cuCtxSynchronize (idle context)", &sync), ("cuMemGetInfo", &mem), ("cuLaunchKernel + cuCtxSynchronize", &launch_sync)]
-    {
+    for (name, s) in [
+        ("cuCtxSynchronize (idle context)", &sync),
+        ("cuMemGetInfo", &mem),
+        ("cuLaunchKernel + cuCtxSynchronize", &launch_sync),
+        ("cuCtxSynchronize, I/O-thread hand-off", &io_thread),
+    ] {
         lat_row(name, s, &format!("{} / {}, {}", ratio(s.p50, q.p50), ratio(s.p99, q.p99), ratio(s.p50, raw.tcp.p50)));
     }
     println!("  -- baselines, same run");
@@ -737,7 +746,7 @@ fn bench(mut args: RunArgs) -> Result<()> {
         "machine": { "cpus": cpus, "os": std::env::consts::OS, "arch": std::env::consts::ARCH },
         "config": { "mode": if args.full { "full" } else { "quick" }, "ops": ops, "launches": launches, "max_size": args.max_size,
                     "sizes": sizes, "clients": args.clients, "bulk": bulk, "rtt_ms": args.rtt, "server": args.server, "shim": shim },
-        "sync_latency": { "ctx_synchronize": sync.json(), "mem_get_info": mem.json(),
+        "sync_latency": { "ctx_synchronize": sync.json(), "mem_get_info": mem.json(), "ctx_synchronize_io_thread": io_thread.json(),
                           "ratio_to_raw_quinn_p50": sync.p50 / q.p50, "ratio_to_raw_quinn_p99": sync.p99 / q.p99,
                           "ratio_to_tcp_p50": sync.p50 / raw.tcp.p50, "ratio_to_inproc_p50": sync.p50 / inp_sync.p50 },
         "launch": { "launches": launches, "fire_and_forget_per_s": launch_rate, "issue_per_s": launches as f64 / launch_issue,

@@ -4,13 +4,13 @@
 //! and forgotten (the server latches their errors); `Sync` and `Barrier` calls return a
 //! [`Ticket`] to wait on, so several can be in flight at once (pipelined copies).
 
-use std::sync::mpsc;
 use std::sync::Mutex;
 
 use bytes::Bytes;
 use cuwire_protocol::frame;
 use cuwire_protocol::{Call, CallKind, Ctx, CuError, Reply, Request, ServerMsg};
 
+use crate::drive::Waiter;
 use crate::stats;
 use crate::transport::{HostDst, HostWrites, Outgoing, ReplyTo, Transport};
 
@@ -24,7 +24,8 @@ pub struct Lane {
 
 /// A call in flight whose reply someone will wait for.
 pub struct Ticket {
-    rx: mpsc::Receiver<Result<(ServerMsg, Bytes), String>>,
+    rx: tokio::sync::oneshot::Receiver<Result<(ServerMsg, Bytes), String>>,
+    waiter: Waiter,
     function: &'static str,
     /// For a `Barrier`: where an asynchronous device-to-host copy's error waits to be reported.
     host_writes: Option<std::sync::Arc<HostWrites>>,
@@ -48,36 +49,52 @@ impl Lane {
         let (slot, ticket) = if kind == CallKind::Async {
             (None, None)
         } else {
-            let (tx, rx) = mpsc::sync_channel(1);
+            let (tx, rx) = tokio::sync::oneshot::channel();
             let host_writes = (kind == CallKind::Barrier).then(|| self.transport.host_writes().clone());
             let pinned_mark = (kind == CallKind::Barrier).then(|| crate::loan::PINNED.mark());
-            (Some(ReplyTo::Waiter(tx)), Some(Ticket { rx, function, host_writes, pinned_mark }))
+            let waiter = self.transport.waiter();
+            (Some(ReplyTo::Waiter(tx)), Some(Ticket { rx, waiter, function, host_writes, pinned_mark }))
         };
         stats::record(function, kind, payload.len());
-        self.send(ctx, kind, request, payload, slot)?;
+        let waited = slot.is_some();
+        self.send(ctx, kind, request, payload, slot, waited)?;
         Ok(ticket)
     }
 
-    /// Sends a device-to-host copy whose reply the I/O thread reads straight into `dst`; the
-    /// caller learns of it through `dst`'s [`HostWrites`]. `waited` says whether the caller waits
-    /// for it (counted as a round trip) or not (an asynchronous copy: fire-and-forget).
+    /// Sends a device-to-host copy whose reply the connection's reader writes straight into
+    /// `dst`; the caller learns of it through `dst`'s [`HostWrites`]. `waited` says whether the
+    /// caller waits for it (counted as a round trip, and the caller drives the connection
+    /// meanwhile) or not (an asynchronous copy: fire-and-forget).
     pub fn submit_to_host(&self, ctx: Ctx, kind: CallKind, waited: bool, request: Request, dst: HostDst) -> Result<(), CuError> {
         stats::record(request.function().name(), if waited { kind } else { CallKind::Async }, 0);
-        self.send(ctx, kind, request, Bytes::new(), Some(ReplyTo::Host(dst)))
+        self.send(ctx, kind, request, Bytes::new(), Some(ReplyTo::Host(dst)), waited)
     }
 
     /// Numbers the call and hands it over; the lock keeps the lane in number order.
-    fn send(&self, ctx: Ctx, kind: CallKind, request: Request, payload: Bytes, reply: Option<ReplyTo>) -> Result<(), CuError> {
+    fn send(
+        &self,
+        ctx: Ctx,
+        kind: CallKind,
+        request: Request,
+        payload: Bytes,
+        reply: Option<ReplyTo>,
+        waited: bool,
+    ) -> Result<(), CuError> {
         let mut seq = self.seq.lock().unwrap_or_else(|p| p.into_inner());
         *seq += 1;
         let call = Call { seq: *seq, ctx, kind, request };
         let head = frame::encode(&call, payload.len()).map_err(|_| CuError::INVALID_VALUE)?;
-        self.transport.send(Outgoing { head, payload, reply }).map_err(|_| CONNECTION_LOST)
+        self.transport.send(Outgoing { head, payload, reply }, waited).map_err(|_| CONNECTION_LOST)
     }
 
     /// Waits until every asynchronous device-to-host copy under way has landed.
     pub fn wait_host_writes(&self) {
         self.transport.host_writes().wait_all();
+    }
+
+    /// Waits until every copy of `group` has landed, driving the connection meanwhile.
+    pub fn wait_landed(&self, group: &HostWrites) {
+        self.transport.wait(group.all_landed());
     }
 
     /// Sends a call and waits for its reply.
@@ -89,38 +106,10 @@ impl Lane {
     }
 }
 
-/// How long a caller spins on its reply before it sleeps (`CUWIRE_SPIN_US`, microseconds,
-/// default 0). Spinning saves the wake-up of a sleeping thread when the reply comes within the
-/// spin, at the price of a busy core meanwhile: worth it where the client host has cores to
-/// spare (not on a small machine shared with the server).
-fn spin_budget() -> std::time::Duration {
-    static SPIN: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
-    *SPIN.get_or_init(|| {
-        let us = std::env::var("CUWIRE_SPIN_US").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        std::time::Duration::from_micros(us.min(10_000))
-    })
-}
-
-fn spin_then_recv<T>(rx: &mpsc::Receiver<T>) -> Result<T, mpsc::RecvError> {
-    let budget = spin_budget();
-    if !budget.is_zero() {
-        let start = std::time::Instant::now();
-        loop {
-            match rx.try_recv() {
-                Ok(v) => return Ok(v),
-                Err(mpsc::TryRecvError::Disconnected) => return Err(mpsc::RecvError),
-                Err(mpsc::TryRecvError::Empty) if start.elapsed() < budget => std::hint::spin_loop(),
-                Err(mpsc::TryRecvError::Empty) => break,
-            }
-        }
-    }
-    rx.recv()
-}
-
 impl Ticket {
     /// Waits for the reply. A latched error of an earlier fire-and-forget call comes first.
     pub fn wait(self) -> Result<(Reply, Bytes), CuError> {
-        let (msg, payload) = match spin_then_recv(&self.rx) {
+        let (msg, payload) = match self.waiter.wait(self.rx) {
             Ok(Ok(m)) => m,
             Ok(Err(_)) | Err(_) => return Err(CONNECTION_LOST),
         };

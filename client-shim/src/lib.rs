@@ -17,6 +17,7 @@ pub mod auto;
 pub mod client;
 pub mod config;
 pub mod context;
+pub mod drive;
 pub mod export_tables;
 pub mod ffi;
 pub mod lane;

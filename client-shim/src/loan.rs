@@ -21,7 +21,17 @@
 
 use bytes::Bytes;
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+/// Loans out in the process, of every kind: while there are some, somebody must drive the
+/// connection, so that the acknowledgements that end them are read (see `drive`).
+static LENT: AtomicUsize = AtomicUsize::new(0);
+
+/// How many loans are out.
+pub fn outstanding() -> usize {
+    LENT.load(Ordering::SeqCst)
+}
 
 /// Chunks lent and not yet given back.
 #[derive(Default)]
@@ -56,6 +66,7 @@ impl<'a> Scope<'a> {
     /// unchanged, until [`scope`] returns, which is after every loan is dropped.
     pub fn lend(&self, data: &'a [u8]) -> Bytes {
         *self.count.lock() += 1;
+        LENT.fetch_add(1, Ordering::SeqCst);
         Bytes::from_owner(Loan { ptr: data.as_ptr(), len: data.len(), back: Back::Scope(self.count.clone()) })
     }
 
@@ -68,6 +79,9 @@ impl<'a> Scope<'a> {
 impl Drop for Scope<'_> {
     fn drop(&mut self) {
         let mut out = self.count.lock();
+        if *out > 0 {
+            crate::drive::poke_io();
+        }
         while *out > 0 {
             out = self.count.back.wait(out).unwrap_or_else(|p| p.into_inner());
         }
@@ -103,6 +117,7 @@ impl AsRef<[u8]> for Loan {
 
 impl Drop for Loan {
     fn drop(&mut self) {
+        LENT.fetch_sub(1, Ordering::SeqCst);
         match &self.back {
             Back::Scope(count) => {
                 let mut out = count.lock();
@@ -174,6 +189,7 @@ pub unsafe fn lend_pinned(data: &[u8]) -> Bytes {
         state.out.insert(id);
         id
     };
+    LENT.fetch_add(1, Ordering::SeqCst);
     Bytes::from_owner(Loan { ptr: data.as_ptr(), len: data.len(), back: Back::Pinned(id) })
 }
 

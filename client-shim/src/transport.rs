@@ -3,13 +3,14 @@
 //! One QUIC connection per process, with mutual TLS. Its ordered lane is one bidirectional
 //! stream: calls go out in the order threads hand them over, and the server answers the ones
 //! that want an answer in that same order, so replies are matched to waiters by a FIFO.
-//! The I/O runs on one thread of its own with a single-threaded tokio runtime; calling threads
-//! hand frames over through a channel and, when they need the answer, park on a one-shot slot.
+//! The connection's tasks run on one single-threaded tokio runtime; calling threads hand frames
+//! over through a channel and, when they need the answer, wait on a one-shot slot while driving
+//! the runtime themselves, or leave the driving to the I/O thread (see `drive`).
 
 use std::collections::VecDeque;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,12 +22,13 @@ use quinn::crypto::rustls::QuicClientConfig;
 use tokio::sync::mpsc as tmpsc;
 
 use crate::config::Config;
+use crate::drive::Drive;
 
 /// How long an exiting process waits for the server to see the end of its lane.
 const EXIT_GRACE: Duration = Duration::from_secs(1);
 
 /// What a waiting caller gets: the decoded server message and the payload beside it.
-pub type ReplySlot = mpsc::SyncSender<Result<(ServerMsg, Bytes), String>>;
+pub type ReplySlot = tokio::sync::oneshot::Sender<Result<(ServerMsg, Bytes), String>>;
 
 /// Where a reply goes.
 pub enum ReplyTo {
@@ -47,9 +49,19 @@ pub struct HostDst {
     outcome: Option<Option<CuError>>,
 }
 
+/// Host destinations alive in the process, in any group: while there are some, replies are still
+/// to land, and somebody must drive the connection.
+static LANDING: AtomicUsize = AtomicUsize::new(0);
+
+/// How many host destinations are still to land or fail.
+pub fn landing_count() -> usize {
+    LANDING.load(Ordering::SeqCst)
+}
+
 impl HostDst {
     pub fn new(writes: &Arc<HostWrites>, addr: usize, len: usize) -> Self {
         writes.started();
+        LANDING.fetch_add(1, Ordering::SeqCst);
         HostDst { addr, len, writes: writes.clone(), outcome: None }
     }
 }
@@ -58,6 +70,7 @@ impl Drop for HostDst {
     fn drop(&mut self) {
         let error = self.outcome.take().unwrap_or(Some(crate::lane::CONNECTION_LOST));
         self.writes.finished(error);
+        LANDING.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -77,6 +90,8 @@ pub struct Outgoing {
 pub struct HostWrites {
     pending: Mutex<usize>,
     landed: std::sync::Condvar,
+    /// The same news for a waiter that drives the connection meanwhile ([`HostWrites::all_landed`]).
+    landed_async: tokio::sync::Notify,
     latched: Mutex<Option<CuError>>,
 }
 
@@ -93,6 +108,23 @@ impl HostWrites {
         *pending = pending.saturating_sub(1);
         if *pending == 0 {
             self.landed.notify_all();
+            self.landed_async.notify_waiters();
+        }
+    }
+
+    fn pending(&self) -> usize {
+        *self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Completes once every copy under way has landed or failed, as [`HostWrites::wait_all`].
+    pub async fn all_landed(&self) {
+        loop {
+            let mut notified = std::pin::pin!(self.landed_async.notified());
+            notified.as_mut().enable();
+            if self.pending() == 0 {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -132,6 +164,10 @@ pub struct Transport {
     tx: tmpsc::UnboundedSender<Outgoing>,
     dead: Arc<DeadFlag>,
     host_writes: Arc<HostWrites>,
+    drive: Arc<Drive>,
+    /// The connection's runtime, owned by the I/O thread: it drops it at its end, and with it
+    /// whatever quinn still holds (lent memory comes back; see `loan`).
+    rt: Weak<tokio::runtime::Runtime>,
     shutdown: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     io_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -162,12 +198,31 @@ pub struct Session {
 }
 
 impl Transport {
-    /// Hands a frame to the I/O thread. Fails once the connection is gone.
-    pub fn send(&self, out: Outgoing) -> Result<(), String> {
+    /// Hands a frame to the lane's writer. `waited`: the caller waits for its reply next (and
+    /// drives the connection meanwhile); otherwise the I/O thread sees that it goes out. Fails
+    /// once the connection is gone.
+    pub fn send(&self, out: Outgoing, waited: bool) -> Result<(), String> {
         if self.dead.is_set() {
             return Err("connection lost".into());
         }
-        self.tx.send(out).map_err(|_| "connection lost".to_string())
+        self.drive.will_queue();
+        if self.tx.send(out).is_err() {
+            self.drive.written(1);
+            return Err("connection lost".into());
+        }
+        self.drive.queued(waited);
+        Ok(())
+    }
+
+    /// Waits for a reply (or anything the connection's tasks complete), driving the connection
+    /// on this thread where it can.
+    pub fn wait<F: std::future::Future>(&self, reply: F) -> F::Output {
+        self.drive.wait(&self.rt, reply)
+    }
+
+    /// What a ticket needs to wait for its reply later.
+    pub fn waiter(&self) -> crate::drive::Waiter {
+        crate::drive::Waiter { drive: self.drive.clone(), rt: self.rt.clone() }
     }
 
     pub fn host_writes(&self) -> &Arc<HostWrites> {
@@ -182,6 +237,7 @@ impl Transport {
     /// once instead of waiting for the idle timeout.
     pub fn close(&self) {
         if let Some(tx) = self.shutdown.lock().unwrap().take() {
+            self.drive.set_closing();
             let _ = tx.send(());
         }
         if let Some(t) = self.io_thread.lock().unwrap().take() {
@@ -274,6 +330,9 @@ async fn read_payload(recv: &mut quinn::RecvStream, len: usize) -> Result<Bytes,
     Ok(Bytes::from(payload))
 }
 
+/// What the I/O thread tells `connect` once the handshake is over.
+type Ready = Result<(Welcome, Weak<tokio::runtime::Runtime>), String>;
+
 /// Connects, shakes hands and starts the I/O thread. Bounded by the connect timeout.
 pub fn connect(cfg: &Config) -> Result<Session, String> {
     let tls = load_client_tls(cfg)?;
@@ -283,34 +342,66 @@ pub fn connect(cfg: &Config) -> Result<Session, String> {
         .map_err(|e| format!("CUWIRE_SERVER={}: {e}", cfg.server))?
         .next()
         .ok_or_else(|| format!("CUWIRE_SERVER={} resolves to no address", cfg.server))?;
-    let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<Welcome, String>>(1);
+    let (ready_tx, ready_rx) = mpsc::sync_channel::<Ready>(1);
     let (tx, rx) = tmpsc::unbounded_channel::<Outgoing>();
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let dead = Arc::new(DeadFlag::default());
     let dead_io = dead.clone();
     let host_writes = Arc::new(HostWrites::default());
+    let drive = Drive::new();
+    let drive_io = drive.clone();
     let cfg2 = cfg.clone();
     let io_thread = std::thread::Builder::new()
         .name("cuwire-io".into())
         .spawn(move || {
             let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
+                Ok(rt) => Arc::new(rt),
                 Err(e) => {
                     let _ = ready_tx.send(Err(format!("cannot start the I/O runtime: {e}")));
                     return;
                 }
             };
-            rt.block_on(io_main(cfg2, addr, tls, ready_tx, rx, shutdown_rx, dead_io));
+            let parts = match rt.block_on(async { tokio::time::timeout(cfg2.connect_timeout, handshake(&cfg2, addr, tls)).await }) {
+                Ok(Ok(parts)) => parts,
+                Ok(Err(e)) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+                Err(_) => {
+                    let _ = ready_tx.send(Err(format!("no answer from {} within {:?}", cfg2.server, cfg2.connect_timeout)));
+                    return;
+                }
+            };
+            let (endpoint, conn, send, recv, welcome) = parts;
+            // A refusal is the last word; an acceptance starts the lane.
+            if let Welcome::Refused { .. } = &welcome {
+                let _ = ready_tx.send(Ok((welcome, Weak::new())));
+                conn.close(0u32.into(), b"refused");
+                rt.block_on(endpoint.wait_idle());
+                return;
+            }
+            rt.spawn(run_lane(endpoint, conn, send, recv, rx, shutdown_rx, dead_io, drive_io.clone()));
+            let _ = ready_tx.send(Ok((welcome, Arc::downgrade(&rt))));
+            drive_io.run_io_thread(&rt, EXIT_GRACE);
+            // `rt` goes here, with every task and what quinn holds.
         })
         .map_err(|e| format!("cannot start the I/O thread: {e}"))?;
     // The I/O thread enforces the timeout; the extra second only guards against a stuck thread.
-    let welcome = match ready_rx.recv_timeout(cfg.connect_timeout + Duration::from_secs(1)) {
+    let (welcome, rt) = match ready_rx.recv_timeout(cfg.connect_timeout + Duration::from_secs(1)) {
         Ok(Ok(w)) => w,
         Ok(Err(e)) => return Err(e),
         Err(_) => return Err(format!("no answer from {} within {:?}", cfg.server, cfg.connect_timeout)),
     };
     Ok(Session {
-        transport: Transport { tx, dead, host_writes, shutdown: Mutex::new(Some(shutdown_tx)), io_thread: Mutex::new(Some(io_thread)) },
+        transport: Transport {
+            tx,
+            dead,
+            host_writes,
+            drive,
+            rt,
+            shutdown: Mutex::new(Some(shutdown_tx)),
+            io_thread: Mutex::new(Some(io_thread)),
+        },
         welcome,
     })
 }
@@ -360,35 +451,33 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "unknown".into())
 }
 
-async fn io_main(
-    cfg: Config,
-    addr: SocketAddr,
-    tls: rustls::ClientConfig,
-    ready: mpsc::SyncSender<Result<Welcome, String>>,
+/// The lane's reader and writer, until the connection ends; then every waiter is woken.
+#[allow(clippy::too_many_arguments)]
+async fn run_lane(
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    rx: tmpsc::UnboundedReceiver<Outgoing>,
+    shutdown: tokio::sync::oneshot::Receiver<()>,
+    dead: Arc<DeadFlag>,
+    drive: Arc<Drive>,
+) {
+    lane(endpoint, conn, send, recv, rx, shutdown, dead, &drive).await;
+    drive.set_over();
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn lane(
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
     mut rx: tmpsc::UnboundedReceiver<Outgoing>,
     shutdown: tokio::sync::oneshot::Receiver<()>,
     dead: Arc<DeadFlag>,
+    drive: &Drive,
 ) {
-    let (endpoint, conn, mut send, mut recv, welcome) = match tokio::time::timeout(cfg.connect_timeout, handshake(&cfg, addr, tls)).await {
-        Ok(Ok(parts)) => parts,
-        Ok(Err(e)) => {
-            let _ = ready.send(Err(e));
-            return;
-        }
-        Err(_) => {
-            let _ = ready.send(Err(format!("no answer from {} within {:?}", cfg.server, cfg.connect_timeout)));
-            return;
-        }
-    };
-    // A refusal is the last word; an acceptance starts the lane.
-    if let Welcome::Refused { .. } = &welcome {
-        let _ = ready.send(Ok(welcome));
-        conn.close(0u32.into(), b"refused");
-        endpoint.wait_idle().await;
-        return;
-    }
-    let _ = ready.send(Ok(welcome));
-
     let pending: Arc<Mutex<VecDeque<ReplyTo>>> = Arc::default();
     let pending_reader = pending.clone();
     let reader = async move {
@@ -485,6 +574,7 @@ async fn io_main(
             let chunks = batch.chunks();
             let result = send.write_all_chunks(chunks).await;
             chunks.clear();
+            drive.written(calls);
             if let Err(e) = result {
                 return Err(match e {
                     quinn::WriteError::ConnectionLost(c) => explain(&c),

@@ -70,7 +70,7 @@ pub fn dtoh(out: &mut [u8], src: CUdeviceptr, stream: Stream) -> Result<(), CuEr
     let group = Arc::new(HostWrites::default());
     let sent = request_into_host(c, out.as_mut_ptr() as usize, out.len(), src, stream, &group, true);
     // Every chunk sent lands or fails before `out` is the caller's again, even after an error.
-    group.wait_all();
+    c.lane.wait_landed(&group);
     sent?;
     if let Some(e) = group.take_error() {
         return Err(e);
