@@ -268,3 +268,74 @@ fn park_on<F: Future>(future: F, spin: Duration) -> F::Output {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime() -> Arc<tokio::runtime::Runtime> {
+        Arc::new(tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap())
+    }
+
+    /// A reply that a task of the connection's runtime delivers after a timer: it comes only if
+    /// somebody drives that runtime.
+    fn delayed_reply(rt: &tokio::runtime::Runtime, value: u32) -> tokio::sync::oneshot::Receiver<u32> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        rt.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = tx.send(value);
+        });
+        rx
+    }
+
+    #[test]
+    fn a_waiting_caller_drives_the_runtime_itself() {
+        let rt = runtime();
+        let drive = Drive::new();
+        // No I/O thread at all: only the caller's own driving can deliver the reply.
+        let rx = delayed_reply(&rt, 7);
+        assert_eq!(drive.wait(&Arc::downgrade(&rt), rx).unwrap(), 7);
+    }
+
+    #[test]
+    fn a_caller_inside_a_runtime_of_its_own_is_answered_by_the_io_thread() {
+        let rt = runtime();
+        let drive = Drive::new();
+        let io = {
+            let (rt, drive) = (rt.clone(), drive.clone());
+            std::thread::spawn(move || drive.run_io_thread(&rt, Duration::from_millis(100)))
+        };
+        let rx = delayed_reply(&rt, 9);
+        // block_on would panic in here; the wait must fall back to the I/O thread's driving.
+        let callers_own = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let got = callers_own.block_on(async { drive.wait(&Arc::downgrade(&rt), rx) });
+        assert_eq!(got.unwrap(), 9);
+        drive.set_over();
+        io.join().unwrap();
+    }
+
+    #[test]
+    fn fire_and_forget_work_is_driven_out_by_the_io_thread() {
+        let rt = runtime();
+        let drive = Drive::new();
+        let io = {
+            let (rt, drive) = (rt.clone(), drive.clone());
+            std::thread::spawn(move || drive.run_io_thread(&rt, Duration::from_millis(100)))
+        };
+        // A frame nobody waits for: the I/O thread must drive until it is written.
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        drive.will_queue();
+        {
+            let drive = drive.clone();
+            rt.spawn(async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                drive.written(1);
+                let _ = done_tx.send(());
+            });
+        }
+        drive.queued(false);
+        done_rx.recv_timeout(Duration::from_secs(10)).expect("the I/O thread never drove the queued frame out");
+        drive.set_over();
+        io.join().unwrap();
+    }
+}

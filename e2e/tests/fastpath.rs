@@ -42,3 +42,20 @@ fn async_device_to_host_copies_into_page_locked_memory_do_not_wait() {
     assert_eq!(fields[3..5], ["0", "69"], "{line}");
     assert_eq!(fields[6], (4 * n - 4096).to_string(), "{line}");
 }
+
+/// Threads of one process calling at once, each checking its own results (e2e/clients/threads.c):
+/// whichever thread waits drives the shared connection, so a reply must reach its own caller
+/// whoever reads it, and fire-and-forget calls must go out meanwhile. The same program with the
+/// I/O thread doing all the driving (`CUWIRE_IO_THREAD=1`) must pass too.
+#[test]
+fn threads_sharing_the_connection_each_get_their_own_replies() {
+    if !c_clients_available() {
+        return;
+    }
+    let server = Server::start(&[]);
+    for io_thread in [None, Some("1")] {
+        let out = run_client(Command::new(Client::c("threads.c")), server.env(), &[("CUWIRE_IO_THREAD", io_thread)]);
+        assert!(out.all_passed(), "CUWIRE_IO_THREAD={io_thread:?}\n{out}\n--- server log ---\n{}", server.log());
+        assert_eq!(out.stdout.matches(": 300 rounds").count(), 4, "{out}");
+    }
+}
