@@ -59,6 +59,9 @@ struct RunArgs {
     /// The cuwired to start (default: next to this executable).
     #[arg(long)]
     cuwired: Option<PathBuf>,
+    /// An extra argument for the cuwired started here (repeatable), e.g. --cuwired-arg=--io-threads=1.
+    #[arg(long = "cuwired-arg", allow_hyphen_values = true)]
+    cuwired_args: Vec<String>,
     /// The shim, libcuda.so (default: next to this executable).
     #[arg(long)]
     shim: Option<PathBuf>,
@@ -205,6 +208,7 @@ fn start_pool(args: &RunArgs) -> Result<Pool> {
                 .arg("--dev")
                 .arg(&dir)
                 .args(["--listen", "127.0.0.1:0"])
+                .args(&args.cuwired_args)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log)

@@ -86,6 +86,10 @@ pub struct Cli {
     /// Seconds of silence after which a client is gone [default: 10].
     #[arg(long)]
     pub idle_timeout: Option<f64>,
+    /// Threads of the I/O runtime (QUIC, TLS, the sessions' readers and writers); 1 runs it on
+    /// one thread without work stealing [default: one per CPU].
+    #[arg(long)]
+    pub io_threads: Option<usize>,
     /// Most client connections served at once [default: 1024].
     #[arg(long)]
     pub max_connections: Option<usize>,
