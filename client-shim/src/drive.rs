@@ -27,6 +27,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 /// A connection's drive and runtime, for a ticket to wait on.
+#[derive(Clone)]
 pub struct Waiter {
     pub drive: Arc<Drive>,
     pub rt: Weak<tokio::runtime::Runtime>,
@@ -60,7 +61,7 @@ pub struct Drive {
     sleep_lock: Mutex<()>,
     wake: Condvar,
     /// Tells a busy I/O thread to recheck (from tasks on the runtime: a local wake-up).
-    pub activity: tokio::sync::Notify,
+    activity: tokio::sync::Notify,
 }
 
 impl Drive {
@@ -277,6 +278,11 @@ mod tests {
         Arc::new(tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap())
     }
 
+    fn start_io_thread(rt: &Arc<tokio::runtime::Runtime>, drive: &Arc<Drive>) -> std::thread::JoinHandle<()> {
+        let (rt, drive) = (rt.clone(), drive.clone());
+        std::thread::spawn(move || drive.run_io_thread(&rt, Duration::from_millis(100)))
+    }
+
     /// A reply that a task of the connection's runtime delivers after a timer: it comes only if
     /// somebody drives that runtime.
     fn delayed_reply(rt: &tokio::runtime::Runtime, value: u32) -> tokio::sync::oneshot::Receiver<u32> {
@@ -301,10 +307,7 @@ mod tests {
     fn a_caller_inside_a_runtime_of_its_own_is_answered_by_the_io_thread() {
         let rt = runtime();
         let drive = Drive::new();
-        let io = {
-            let (rt, drive) = (rt.clone(), drive.clone());
-            std::thread::spawn(move || drive.run_io_thread(&rt, Duration::from_millis(100)))
-        };
+        let io = start_io_thread(&rt, &drive);
         let rx = delayed_reply(&rt, 9);
         // block_on would panic in here; the wait must fall back to the I/O thread's driving.
         let callers_own = tokio::runtime::Builder::new_current_thread().build().unwrap();
@@ -318,10 +321,7 @@ mod tests {
     fn fire_and_forget_work_is_driven_out_by_the_io_thread() {
         let rt = runtime();
         let drive = Drive::new();
-        let io = {
-            let (rt, drive) = (rt.clone(), drive.clone());
-            std::thread::spawn(move || drive.run_io_thread(&rt, Duration::from_millis(100)))
-        };
+        let io = start_io_thread(&rt, &drive);
         // A frame nobody waits for: the I/O thread must drive until it is written.
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         drive.will_queue();

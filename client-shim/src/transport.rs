@@ -22,7 +22,7 @@ use quinn::crypto::rustls::QuicClientConfig;
 use tokio::sync::mpsc as tmpsc;
 
 use crate::config::Config;
-use crate::drive::Drive;
+use crate::drive::{Drive, Waiter};
 
 /// How long an exiting process waits for the server to see the end of its lane.
 const EXIT_GRACE: Duration = Duration::from_secs(1);
@@ -165,9 +165,9 @@ pub struct Transport {
     dead: Arc<DeadFlag>,
     host_writes: Arc<HostWrites>,
     drive: Arc<Drive>,
-    /// The connection's runtime, owned by the I/O thread: it drops it at its end, and with it
-    /// whatever quinn still holds (lent memory comes back; see `loan`).
-    rt: Weak<tokio::runtime::Runtime>,
+    /// The drive with the connection's runtime, which the I/O thread owns: it drops the runtime
+    /// at its end, and with it whatever quinn still holds (lent memory comes back; see `loan`).
+    waiter: Waiter,
     shutdown: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     io_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -217,12 +217,12 @@ impl Transport {
     /// Waits for a reply (or anything the connection's tasks complete), driving the connection
     /// on this thread where it can.
     pub fn wait<F: std::future::Future>(&self, reply: F) -> F::Output {
-        self.drive.wait(&self.rt, reply)
+        self.waiter.wait(reply)
     }
 
     /// What a ticket needs to wait for its reply later.
-    pub fn waiter(&self) -> crate::drive::Waiter {
-        crate::drive::Waiter { drive: self.drive.clone(), rt: self.rt.clone() }
+    pub fn waiter(&self) -> Waiter {
+        self.waiter.clone()
     }
 
     pub fn host_writes(&self) -> &Arc<HostWrites> {
@@ -397,8 +397,8 @@ pub fn connect(cfg: &Config) -> Result<Session, String> {
             tx,
             dead,
             host_writes,
+            waiter: Waiter { drive: drive.clone(), rt },
             drive,
-            rt,
             shutdown: Mutex::new(Some(shutdown_tx)),
             io_thread: Mutex::new(Some(io_thread)),
         },
