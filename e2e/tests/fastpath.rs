@@ -3,8 +3,9 @@
 #![forbid(unsafe_code)]
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
-use cuwire_e2e::{c_clients_available, run_client, Client, Server};
+use cuwire_e2e::{c_clients_available, run_client, spawn_client, Client, Server};
 
 #[test]
 fn one_failing_launch_among_10000_is_reported_exactly_once() {
@@ -58,4 +59,55 @@ fn threads_sharing_the_connection_each_get_their_own_replies() {
         assert!(out.all_passed(), "CUWIRE_IO_THREAD={io_thread:?}\n{out}\n--- server log ---\n{}", server.log());
         assert_eq!(out.stdout.matches(": 300 rounds").count(), 4, "{out}");
     }
+}
+
+/// `cuwired --endpoints 2`: two QUIC endpoints on one port (SO_REUSEPORT), one thread each. The
+/// kernel spreads 16 concurrent clients over both by address; every one is served (each of its
+/// four threads checks its own results), both endpoints take some, and SIGTERM still ends the
+/// server cleanly with both running.
+#[test]
+fn several_endpoints_on_one_port_serve_every_client() {
+    if !c_clients_available() {
+        return;
+    }
+    let server = Server::start(&["--endpoints", "2"]);
+    let clients: Vec<_> = (0..16).map(|_| spawn_client(Command::new(Client::c("threads.c")), server.env(), &[])).collect();
+    for c in clients {
+        let out = c.finish(Duration::from_secs(180));
+        assert!(out.all_passed(), "{out}\n--- server log ---\n{}", server.log());
+    }
+    // The log is coloured: drop the escape sequences before reading its fields.
+    let log = strip_ansi(&server.log());
+    let opened: Vec<&str> = log.lines().filter(|l| l.contains("session opened")).collect();
+    assert_eq!(opened.len(), 16, "{log}");
+    // The odds that 16 random client ports all hash to one of two sockets are 2 in 65,536.
+    for e in ["endpoint=0", "endpoint=1"] {
+        assert!(opened.iter().any(|l| l.contains(e)), "no session on {e}:\n{log}");
+    }
+    let killed = Command::new("kill").args(["-TERM", &server.pid().to_string()]).status().expect("kill");
+    assert!(killed.success());
+    let t = Instant::now();
+    while server.is_running() {
+        assert!(t.elapsed() < Duration::from_secs(10), "cuwired still running 10 s after SIGTERM\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(strip_ansi(&server.log()).contains("shutting down"));
+}
+
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters, ended by a letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

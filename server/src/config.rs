@@ -87,9 +87,14 @@ pub struct Cli {
     #[arg(long)]
     pub idle_timeout: Option<f64>,
     /// Threads of the I/O runtime (QUIC, TLS, the sessions' readers and writers); 1 runs it on
-    /// one thread without work stealing [default: one per CPU].
-    #[arg(long)]
+    /// one thread without work stealing [default: one per CPU]. Not with --endpoints.
+    #[arg(long, conflicts_with = "endpoints")]
     pub io_threads: Option<usize>,
+    /// QUIC endpoints on the same port (SO_REUSEPORT), each on a single-threaded runtime of its
+    /// own thread, every connection on one of them: less CPU per byte moved, but no balancing
+    /// of busy connections between threads [default: 1].
+    #[arg(long)]
+    pub endpoints: Option<usize>,
     /// Most client connections served at once [default: 1024].
     #[arg(long)]
     pub max_connections: Option<usize>,
@@ -148,6 +153,7 @@ struct FileConfig {
     max_pending_handshakes: Option<usize>,
     handshake_timeout: Option<f64>,
     metrics: Option<SocketAddr>,
+    endpoints: Option<usize>,
     #[serde(default)]
     emu: EmuFile,
     #[serde(default)]
@@ -211,6 +217,7 @@ pub struct Config {
     pub max_pending_handshakes: usize,
     pub handshake_timeout: Duration,
     pub metrics: Option<SocketAddr>,
+    pub endpoints: usize,
     pub policy: PoolPolicy,
 }
 
@@ -362,6 +369,7 @@ impl Config {
             max_pending_handshakes: cli.max_pending_handshakes.or(file.max_pending_handshakes).unwrap_or(64).max(1),
             handshake_timeout: seconds("handshake-timeout", cli.handshake_timeout.or(file.handshake_timeout).unwrap_or(10.0))?,
             metrics: cli.metrics.or(file.metrics),
+            endpoints: cli.endpoints.or(file.endpoints).unwrap_or(1).clamp(1, 256),
             policy,
         })
     }

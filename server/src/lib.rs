@@ -54,6 +54,7 @@ pub async fn run(cfg: Config, cli: Cli, shutdown: impl std::future::Future<Outpu
             handshake_timeout: cfg.handshake_timeout,
             max_connections: cfg.max_connections,
             max_pending_handshakes: cfg.max_pending_handshakes,
+            endpoints: cfg.endpoints,
         },
         &certs,
         pool.clone(),
@@ -79,7 +80,7 @@ pub async fn run(cfg: Config, cli: Cli, shutdown: impl std::future::Future<Outpu
         });
     }
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, backend = backend.kind(), devices = backend.device_count(), certs = %certs.display(), "cuwired listening");
+    tracing::info!(%addr, backend = backend.kind(), devices = backend.device_count(), endpoints = listener.endpoints(), certs = %certs.display(), "cuwired listening");
     if cfg.dev.is_some() {
         let env = dev::write_env(&certs, addr)?;
         tracing::info!(env = %env.display(), "development settings written; `source` it to point clients here");

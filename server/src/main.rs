@@ -30,6 +30,9 @@ fn main() -> anyhow::Result<()> {
         }
     };
     let rt = match cli.io_threads {
+        // With several endpoints this thread runs the first (the listener starts one thread for
+        // each of the others), the metrics server and the signal handlers.
+        _ if cfg.endpoints > 1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
         Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
         Some(n) => tokio::runtime::Builder::new_multi_thread().worker_threads(n.max(1)).enable_all().build()?,
         None => tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
