@@ -12,8 +12,8 @@
 //! 1651-1868 ms of CPU per GiB, against 1531-1634 ms with two endpoints (and ran 604-679 against
 //! 684-729 MB/s), in alternating runs on the 2-core machine. Why not by default: a thread
 //! serves only the connections the kernel gave it, and 64 busy clients on that machine, hashed
-//! unevenly over two endpoints, had a p99 of 6.0-9.8 ms against 4.1-4.7 ms on the work-stealing
-//! runtime.
+//! unevenly over two endpoints, had a p99 of 5.6-9.8 ms against 4.1-5.5 ms on the work-stealing
+//! runtime (README, performance section).
 
 use std::net::SocketAddr;
 use std::path::Path;
