@@ -491,7 +491,16 @@ fn bench(mut args: RunArgs) -> Result<()> {
     );
 
     let pool = start_pool(&args)?;
-    println!("pool: {} (clients dial {})", args.server.as_deref().unwrap_or("cuwired started here"), pool.dial);
+    println!(
+        "pool: {}{} (clients dial {})",
+        args.server.as_deref().unwrap_or("cuwired started here"),
+        if args.cuwired_args.is_empty() || args.server.is_some() {
+            String::new()
+        } else {
+            format!(" with {}", args.cuwired_args.join(" "))
+        },
+        pool.dial
+    );
 
     // Baselines first, while nothing else runs.
     eprintln!("… raw baselines");
@@ -749,7 +758,7 @@ fn bench(mut args: RunArgs) -> Result<()> {
     let result = json!({
         "machine": { "cpus": cpus, "os": std::env::consts::OS, "arch": std::env::consts::ARCH },
         "config": { "mode": if args.full { "full" } else { "quick" }, "ops": ops, "launches": launches, "max_size": args.max_size,
-                    "sizes": sizes, "clients": args.clients, "bulk": bulk, "rtt_ms": args.rtt, "server": args.server, "shim": shim },
+                    "sizes": sizes, "clients": args.clients, "bulk": bulk, "rtt_ms": args.rtt, "server": args.server, "cuwired_args": args.cuwired_args, "shim": shim },
         "sync_latency": { "ctx_synchronize": sync.json(), "mem_get_info": mem.json(), "ctx_synchronize_io_thread": io_thread.json(),
                           "ratio_to_raw_quinn_p50": sync.p50 / q.p50, "ratio_to_raw_quinn_p99": sync.p99 / q.p99,
                           "ratio_to_tcp_p50": sync.p50 / raw.tcp.p50, "ratio_to_inproc_p50": sync.p50 / inp_sync.p50 },
