@@ -462,6 +462,22 @@ mod tests {
     }
 
     #[test]
+    fn endpoints_come_from_the_file_or_the_flag_and_exclude_io_threads() {
+        assert_eq!(with_file("").unwrap().endpoints, 1);
+        assert_eq!(with_file("endpoints = 3\n").unwrap().endpoints, 3);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "endpoints = 3\n").unwrap();
+        let c = Config::resolve(Cli { config: Some(p), endpoints: Some(2), ..Default::default() }).unwrap();
+        assert_eq!(c.endpoints, 2);
+        // 0 is taken as 1: the listener always has one endpoint.
+        assert_eq!(with_file("endpoints = 0\n").unwrap().endpoints, 1);
+        use clap::Parser;
+        assert!(Cli::try_parse_from(["cuwired", "--endpoints", "2", "--io-threads", "2"]).is_err());
+        assert_eq!(Cli::try_parse_from(["cuwired", "--endpoints", "2"]).unwrap().endpoints, Some(2));
+    }
+
+    #[test]
     fn invalid_configuration_names_the_key() {
         let e = with_file("[tenants.bob]\ngpus = [5]\n").unwrap_err().to_string();
         assert!(e.contains("tenants.bob.gpus"), "{e}");
