@@ -88,6 +88,11 @@ fn shared_port_socket(addr: SocketAddr) -> Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
+/// A server endpoint on `socket`, registered with the current runtime (whose thread then runs it).
+fn endpoint_on(socket: std::net::UdpSocket, server: quinn::ServerConfig) -> std::io::Result<quinn::Endpoint> {
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, Arc::new(quinn::TokioRuntime))
+}
+
 /// What every endpoint's accept loop shares: the pool and the two connection limits.
 struct Shared {
     pool: Arc<Pool>,
@@ -166,9 +171,7 @@ impl Listener {
             // Port 0 asks for a free port: the others join the one the first got.
             let addr = first.local_addr()?;
             let more = (1..threads).map(|_| shared_port_socket(addr)).collect::<Result<Vec<_>>>()?;
-            let endpoint =
-                quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server.clone()), first, Arc::new(quinn::TokioRuntime))?;
-            (endpoint, more)
+            (endpoint_on(first, server.clone())?, more)
         };
         Ok(Listener { endpoint, more, server_config: server, pool, cfg })
     }
@@ -205,11 +208,10 @@ impl Listener {
                     Err(e) => return tracing::error!("I/O thread {}: no runtime: {e}", i + 1),
                 };
                 rt.block_on(async move {
-                    let endpoint =
-                        match quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, Arc::new(quinn::TokioRuntime)) {
-                            Ok(e) => e,
-                            Err(e) => return tracing::error!("I/O thread {}: no endpoint: {e}", i + 1),
-                        };
+                    let endpoint = match endpoint_on(socket, server) {
+                        Ok(e) => e,
+                        Err(e) => return tracing::error!("I/O thread {}: no endpoint: {e}", i + 1),
+                    };
                     accept_loop(&endpoint, i + 1, &shared, async move {
                         let _ = stop.wait_for(|stopped| *stopped).await;
                     })
@@ -248,11 +250,10 @@ async fn accept_loop(endpoint: &quinn::Endpoint, index: usize, shared: &Arc<Shar
             incoming.refuse();
             continue;
         };
-        let (pool, slots) = (shared.pool.clone(), shared.slots.clone());
-        let handshake_timeout = shared.handshake_timeout;
+        let shared = shared.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
-            if let Err(e) = connection(incoming, index, pool, handshake_timeout, slots, handshaking).await {
+            if let Err(e) = connection(incoming, index, shared, handshaking).await {
                 tracing::info!(%remote, "connection ended: {e:#}");
             }
         });
@@ -289,14 +290,8 @@ async fn refuse(conn: &quinn::Connection, mut send: quinn::SendStream, reason: &
     conn.close(close_codes::REFUSED.into(), reason.as_bytes());
 }
 
-async fn connection(
-    incoming: quinn::Incoming,
-    endpoint: usize,
-    pool: Arc<Pool>,
-    handshake_timeout: Duration,
-    slots: Arc<Semaphore>,
-    handshaking: OwnedSemaphorePermit,
-) -> Result<()> {
+async fn connection(incoming: quinn::Incoming, endpoint: usize, shared: Arc<Shared>, handshaking: OwnedSemaphorePermit) -> Result<()> {
+    let (pool, handshake_timeout) = (&shared.pool, shared.handshake_timeout);
     let remote = incoming.remote_address();
     let conn = match tokio::time::timeout(handshake_timeout, incoming).await {
         Ok(Ok(c)) => c,
@@ -318,7 +313,7 @@ async fn connection(
         return Ok(());
     };
     // Held for as long as the connection lives.
-    let Ok(_slot) = slots.try_acquire_owned() else {
+    let Ok(_slot) = shared.slots.clone().try_acquire_owned() else {
         tracing::warn!(%remote, %tenant, "refused: connection limit reached");
         refused("connection_limit");
         conn.close(close_codes::BUSY.into(), b"connection limit reached");
