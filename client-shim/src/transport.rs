@@ -164,7 +164,6 @@ pub struct Transport {
     tx: tmpsc::UnboundedSender<Outgoing>,
     dead: Arc<DeadFlag>,
     host_writes: Arc<HostWrites>,
-    drive: Arc<Drive>,
     /// The drive with the connection's runtime, which the I/O thread owns: it drops the runtime
     /// at its end, and with it whatever quinn still holds (lent memory comes back; see `loan`).
     waiter: Waiter,
@@ -205,12 +204,12 @@ impl Transport {
         if self.dead.is_set() {
             return Err("connection lost".into());
         }
-        self.drive.will_queue();
+        self.waiter.drive.will_queue();
         if self.tx.send(out).is_err() {
-            self.drive.written(1);
+            self.waiter.drive.written(1);
             return Err("connection lost".into());
         }
-        self.drive.queued(waited);
+        self.waiter.drive.queued(waited);
         Ok(())
     }
 
@@ -237,7 +236,7 @@ impl Transport {
     /// once instead of waiting for the idle timeout.
     pub fn close(&self) {
         if let Some(tx) = self.shutdown.lock().unwrap().take() {
-            self.drive.set_closing();
+            self.waiter.drive.set_closing();
             let _ = tx.send(());
         }
         if let Some(t) = self.io_thread.lock().unwrap().take() {
@@ -397,8 +396,7 @@ pub fn connect(cfg: &Config) -> Result<Session, String> {
             tx,
             dead,
             host_writes,
-            waiter: Waiter { drive: drive.clone(), rt },
-            drive,
+            waiter: Waiter { drive, rt },
             shutdown: Mutex::new(Some(shutdown_tx)),
             io_thread: Mutex::new(Some(io_thread)),
         },
