@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+use crate::pace::{self, Pacer};
 use crate::shim::{Driver, EMPTY_PTX};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -37,6 +38,9 @@ pub struct ClientArgs {
     /// Print READY once connected and wait for a line on stdin before measuring.
     #[arg(long)]
     pub wait_go: bool,
+    /// `latency` suite: calls per second on average, Poisson arrivals (0: back to back).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
 }
 
 fn timed(n: usize, warmup: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<u64>> {
@@ -48,6 +52,24 @@ fn timed(n: usize, warmup: usize, mut f: impl FnMut() -> Result<()>) -> Result<V
         let t = Instant::now();
         f()?;
         samples.push(t.elapsed().as_nanos() as u64);
+    }
+    Ok(samples)
+}
+
+/// `n` calls of `f` at `rate` per second on average (see [`crate::pace`]), each timed.
+fn paced(n: usize, rate: f64, mut f: impl FnMut() -> Result<()>) -> Result<Vec<u64>> {
+    let mut pacer = Pacer::new(rate, pace::seed());
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let due = pacer.due();
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let origin = pacer.origin(due);
+        f()?;
+        let end = Instant::now();
+        pacer.done(end);
+        samples.push(end.duration_since(origin).as_nanos() as u64);
     }
     Ok(samples)
 }
@@ -79,7 +101,8 @@ fn latency(drv: &Driver, args: &ClientArgs) -> Result<Value> {
         std::io::stdin().lock().read_line(&mut line).context("waiting for GO")?;
     }
     let t = Instant::now();
-    let samples = timed(args.ops, 0, || drv.ctx_synchronize())?;
+    let samples =
+        if args.rate > 0.0 { paced(args.ops, args.rate, || drv.ctx_synchronize())? } else { timed(args.ops, 0, || drv.ctx_synchronize())? };
     Ok(json!({ "ctx_synchronize": samples, "wall_s": t.elapsed().as_secs_f64() }))
 }
 

@@ -8,6 +8,7 @@
 mod baselines;
 mod client;
 mod inproc;
+mod pace;
 mod relay;
 mod shim;
 mod stats;
@@ -83,6 +84,13 @@ struct RunArgs {
     /// Concurrent client processes, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
     clients: Vec<usize>,
+    /// The concurrent clients measured a second time, each calling at this mean rate (calls/s,
+    /// Poisson arrivals) instead of back to back; 0 skips it.
+    #[arg(long, default_value_t = 100.0)]
+    pace: f64,
+    /// Seconds each paced level lasts (default 4 quick, 12 full).
+    #[arg(long)]
+    pace_seconds: Option<f64>,
     /// Bulk bytes of the raw baselines (default: the largest copy size).
     #[arg(long, value_parser = stats::parse_size)]
     bulk: Option<usize>,
@@ -279,17 +287,18 @@ fn run_json(mut cmd: Command, timeout: Duration) -> Result<Value> {
 
 /// `n` client processes, each with its own connection, started together: every one connects
 /// and warms up, then all are told to go at once. Returns every sample and the aggregate rate.
-fn concurrent(pool: &Pool, shim: &Path, n: usize, ops: usize) -> Result<(Vec<u64>, f64)> {
+/// `rate` > 0: each calls at that mean rate ([`pace`]) instead of back to back.
+fn concurrent(pool: &Pool, shim: &Path, n: usize, ops: usize, rate: f64) -> Result<(Vec<u64>, f64)> {
     concurrent_processes(n, ops, "ctx_synchronize", || {
         let mut cmd = client_command(pool, shim)?;
-        cmd.args(["--suite", "latency", "--wait-go", "--warmup", "50", "--ops", &ops.to_string()]);
+        cmd.args(["--suite", "latency", "--wait-go", "--warmup", "50", "--ops", &ops.to_string(), "--rate", &rate.to_string()]);
         Ok(cmd)
     })
 }
 
 /// The floor beneath [`concurrent`]: `n` processes ping-ponging on raw quinn connections (same
 /// mutual TLS) to one multi-threaded raw server, started and released the same way.
-fn concurrent_raw(certs: &Certs, rtt: Option<f64>, n: usize, ops: usize) -> Result<(Vec<u64>, f64)> {
+fn concurrent_raw(certs: &Certs, rtt: Option<f64>, n: usize, ops: usize, rate: f64) -> Result<(Vec<u64>, f64)> {
     let exe = std::env::current_exe()?;
     let dir = certs.dir.to_string_lossy().into_owned();
     let server = RawServer::start(&exe, &["--proto", "quinn", "--certs", &dir, "--runtime", "multi-thread"])?;
@@ -299,7 +308,7 @@ fn concurrent_raw(certs: &Certs, rtt: Option<f64>, n: usize, ops: usize) -> Resu
     };
     concurrent_processes(n, ops, "samples", || {
         let mut cmd = Command::new(&exe);
-        cmd.args(["raw-client", "--addr", &addr.to_string(), "--certs", &dir, "--ops", &ops.to_string()]);
+        cmd.args(["raw-client", "--addr", &addr.to_string(), "--certs", &dir, "--ops", &ops.to_string(), "--rate", &rate.to_string()]);
         Ok(cmd)
     })
 }
@@ -459,6 +468,48 @@ fn lat_row(name: &str, s: &Summary, extra: &str) {
     println!("  {name:<34} {:>9.1} {:>9.1} {:>9.1} {:>9.1}  {extra}", s.min, s.p50, s.p99, s.p999);
 }
 
+/// One concurrency level: clients, cuwire's latency, its calls/s, raw quinn's latency, its calls/s.
+type Level = (usize, Summary, f64, Summary, f64);
+
+/// Prints one table of concurrency levels with its raw quinn floor; returns the single-client
+/// summaries (cuwire, raw quinn) the ratios are taken against.
+fn print_levels(title: &str, levels: &[Level], sync: Summary, q: Summary) -> (Summary, Summary) {
+    println!();
+    println!(
+        "== {title}, cuCtxSynchronize (µs) {:>9} {:>9} {:>9} {:>9}   p99 / 1-client p99   calls/s (all)   p99 / raw quinn p99 at N",
+        "min", "p50", "p99", "p99.9"
+    );
+    let one = levels.iter().find(|l| l.0 == 1).map(|l| l.1).unwrap_or(sync);
+    let raw_one = levels.iter().find(|l| l.0 == 1).map(|l| l.3).unwrap_or(q);
+    for (n, s, agg, r, _) in levels {
+        println!(
+            "  {:>3} clients {:>42.1} {:>9.1} {:>9.1} {:>9.1}   {:>18}   {:>13.0}   {:>10}",
+            n,
+            s.min,
+            s.p50,
+            s.p99,
+            s.p999,
+            ratio(s.p99, one.p99),
+            agg,
+            ratio(s.p99, r.p99)
+        );
+    }
+    println!("  -- baseline, same run: raw quinn ping-pong from N processes (same mutual TLS)");
+    for (n, _, _, r, raw_agg) in levels {
+        println!(
+            "  {:>3} raw quinn {:>40.1} {:>9.1} {:>9.1} {:>9.1}   {:>18}   {:>13.0}",
+            n,
+            r.min,
+            r.p50,
+            r.p99,
+            r.p999,
+            ratio(r.p99, raw_one.p99),
+            raw_agg
+        );
+    }
+    (one, raw_one)
+}
+
 fn bench(mut args: RunArgs) -> Result<()> {
     let started = Instant::now();
     if !args.full {
@@ -534,9 +585,20 @@ fn bench(mut args: RunArgs) -> Result<()> {
     let mut levels = Vec::new();
     for &n in &args.clients {
         let per = if args.full { ops.min(ops * 16 / n.max(1)) } else { ops.min((ops * 4 / n.max(1)).max(100)) }.max(10);
-        let (samples, agg) = concurrent(&pool, &shim, n, per)?;
-        let (raw_samples, raw_agg) = concurrent_raw(&pool.certs, args.rtt, n, per)?;
+        let (samples, agg) = concurrent(&pool, &shim, n, per, 0.0)?;
+        let (raw_samples, raw_agg) = concurrent_raw(&pool.certs, args.rtt, n, per, 0.0)?;
         levels.push((n, Summary::of(&samples), agg, Summary::of(&raw_samples), raw_agg));
+    }
+    let mut paced = Vec::new();
+    if args.pace > 0.0 {
+        let secs = args.pace_seconds.unwrap_or(if args.full { 12.0 } else { 4.0 });
+        let per = ((args.pace * secs) as usize).max(10);
+        eprintln!("… concurrent clients, paced at {} calls/s each", args.pace);
+        for &n in &args.clients {
+            let (samples, agg) = concurrent(&pool, &shim, n, per, args.pace)?;
+            let (raw_samples, raw_agg) = concurrent_raw(&pool.certs, args.rtt, n, per, args.pace)?;
+            paced.push((n, Summary::of(&samples), agg, Summary::of(&raw_samples), raw_agg));
+        }
     }
     drop(pool);
 
@@ -657,39 +719,12 @@ fn bench(mut args: RunArgs) -> Result<()> {
         println!("  raw TCP {:<32} {:?}: {}{}", "", d, rate(*r), if args.rtt.is_some() { " (not relayed)" } else { "" });
     }
 
-    println!();
-    println!(
-        "== concurrent client processes, cuCtxSynchronize (µs)   {:>9} {:>9} {:>9} {:>9}   p99 / 1-client p99   calls/s (all)   p99 / raw quinn p99 at N",
-        "min", "p50", "p99", "p99.9"
-    );
-    let one = levels.iter().find(|l| l.0 == 1).map(|l| l.1).unwrap_or(sync);
-    let raw_one = levels.iter().find(|l| l.0 == 1).map(|l| l.3).unwrap_or(q);
-    for (n, s, agg, r, _) in &levels {
-        println!(
-            "  {:>3} clients {:>42.1} {:>9.1} {:>9.1} {:>9.1}   {:>18}   {:>13.0}   {:>10}",
-            n,
-            s.min,
-            s.p50,
-            s.p99,
-            s.p999,
-            ratio(s.p99, one.p99),
-            agg,
-            ratio(s.p99, r.p99)
-        );
-    }
-    println!("  -- baseline, same run: raw quinn ping-pong from N processes (same mutual TLS)");
-    for (n, _, _, r, raw_agg) in &levels {
-        println!(
-            "  {:>3} raw quinn {:>40.1} {:>9.1} {:>9.1} {:>9.1}   {:>18}   {:>13.0}",
-            n,
-            r.min,
-            r.p50,
-            r.p99,
-            r.p999,
-            ratio(r.p99, raw_one.p99),
-            raw_agg
-        );
-    }
+    let (one, raw_one) = print_levels("concurrent client processes, back to back", &levels, sync, q);
+    let paced_one = if paced.is_empty() {
+        None
+    } else {
+        Some(print_levels(&format!("concurrent client processes, each {} calls/s (Poisson)", args.pace), &paced, sync, q))
+    };
 
     let mut rtt_json = Value::Null;
     if let Some(rtt) = args.rtt {
@@ -743,6 +778,14 @@ fn bench(mut args: RunArgs) -> Result<()> {
             s.p99 / r.p99.max(1e-9)
         );
     }
+    if let (Some((paced_1, raw_paced_1)), Some((n, s, _, r, _))) = (paced_one, paced.iter().max_by_key(|l| l.0)) {
+        targets.push((format!("{n} clients at {}/s each: p99 ≤ 4× single-client p99", args.pace), s.p99 / paced_1.p99.max(1e-9), 4.0));
+        println!(
+            "\n  ({n} paced clients: p99 {:.2}× the single back-to-back client's; {n} paced raw quinn processes: p99 {:.2}× their single paced process's)",
+            s.p99 / one.p99.max(1e-9),
+            r.p99 / raw_paced_1.p99.max(1e-9)
+        );
+    }
     println!();
     println!("== targets (reported, not asserted)");
     let mut targets_json = Vec::new();
@@ -770,6 +813,13 @@ fn bench(mut args: RunArgs) -> Result<()> {
         "concurrency": levels.iter().map(|(n, s, agg, r, raw_agg)| json!({ "clients": n, "latency": s.json(), "calls_per_s": agg,
             "p99_vs_single": s.p99 / one.p99.max(1e-9), "raw_quinn": { "latency": r.json(), "calls_per_s": raw_agg,
             "p99_vs_single": r.p99 / raw_one.p99.max(1e-9) }, "p99_vs_raw_quinn": s.p99 / r.p99.max(1e-9) })).collect::<Vec<_>>(),
+        "concurrency_paced": { "calls_per_s_each": args.pace, "levels": paced.iter().map(|(n, s, agg, r, raw_agg)| {
+            let (p1, rp1) = paced_one.unwrap_or((one, raw_one));
+            json!({ "clients": n, "latency": s.json(), "calls_per_s": agg, "p99_vs_single": s.p99 / p1.p99.max(1e-9),
+                "p99_vs_single_back_to_back": s.p99 / one.p99.max(1e-9),
+                "raw_quinn": { "latency": r.json(), "calls_per_s": raw_agg, "p99_vs_single": r.p99 / rp1.p99.max(1e-9) },
+                "p99_vs_raw_quinn": s.p99 / r.p99.max(1e-9) })
+        }).collect::<Vec<_>>() },
         "baselines": {
             "quinn_pingpong": raw.quinn.iter().map(|(f, s)| (f.name().to_string(), s.json())).collect::<serde_json::Map<_, _>>(),
             "quinn_pingpong_best": { "runtime": qflavor.name(), "latency": q.json() },

@@ -29,7 +29,7 @@ fn quick_run_writes_every_section() {
     let json = out.path().join("bench.json");
     let svg = out.path().join("bench.svg");
     let mut child = Command::new(exe)
-        .args(["--quick", "--ops", "200", "--launches", "500", "--max-size", "64KiB", "--clients", "1,2"])
+        .args(["--quick", "--ops", "200", "--launches", "500", "--max-size", "64KiB", "--clients", "1,2", "--pace-seconds", "1"])
         .arg("--json")
         .arg(&json)
         .arg("--svg")
@@ -87,6 +87,21 @@ fn quick_run_writes_every_section() {
     for row in levels {
         positive(row, "/latency/p99_us");
         positive(row, "/calls_per_s");
+    }
+    // Paced (100 calls/s each by default): every level measured, and really paced. Back to
+    // back, two clients make thousands of calls a second; paced, about 200.
+    assert_eq!(v["concurrency_paced"]["calls_per_s_each"].as_f64(), Some(100.0));
+    let paced = v["concurrency_paced"]["levels"].as_array().expect("paced concurrency rows");
+    assert_eq!(paced.len(), 2);
+    for row in paced {
+        positive(row, "/latency/p99_us");
+        positive(row, "/raw_quinn/latency/p99_us");
+        let n = row["clients"].as_f64().unwrap();
+        for rate in ["/calls_per_s", "/raw_quinn/calls_per_s"] {
+            positive(row, rate);
+            let r = row.pointer(rate).unwrap().as_f64().unwrap();
+            assert!(r < 5.0 * 100.0 * n, "{n} paced clients made {r} calls/s ({rate}), far above 100/s each");
+        }
     }
     assert!(!v["targets"].as_array().expect("targets").is_empty());
     let plot = std::fs::read_to_string(&svg).unwrap();
