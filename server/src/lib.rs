@@ -8,6 +8,7 @@ pub mod dev;
 pub mod fatbin;
 pub mod listener;
 pub mod pool;
+mod replies;
 pub mod session;
 pub mod status;
 

@@ -31,6 +31,7 @@ use quinn::crypto::rustls::QuicServerConfig;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::pool::{Pool, SessionInfo};
+use crate::replies::Replies;
 use crate::session::Session;
 
 /// QUIC application error codes the server closes connections with.
@@ -447,7 +448,7 @@ async fn run_lane(conn: &quinn::Connection, session: Session, mut send: quinn::S
     // sends faster than its calls run cannot make the server buffer without bound.
     let budget = Arc::new(Semaphore::new(SESSION_QUEUE_BYTES));
     let (call_tx, mut call_rx) = mpsc::channel::<(Call, Bytes, tokio::sync::OwnedSemaphorePermit)>(1024);
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<(ServerMsg, Bytes)>();
+    let replies = Arc::new(Replies::<(ServerMsg, Bytes)>::default());
     let reply_budget = Arc::new(Semaphore::new(SESSION_REPLY_BYTES));
     let runtime = tokio::runtime::Handle::current();
     let session_id = session.id;
@@ -458,7 +459,7 @@ async fn run_lane(conn: &quinn::Connection, session: Session, mut send: quinn::S
     let in_flight = Arc::new(AtomicUsize::new(0));
     // The worker owns the session; when the calls stop coming it frees what the session held.
     let worker = {
-        let (session, in_flight, out_tx, reply_budget) = (session.clone(), in_flight.clone(), out_tx.clone(), reply_budget.clone());
+        let (session, in_flight, replies, reply_budget) = (session.clone(), in_flight.clone(), replies.clone(), reply_budget.clone());
         std::thread::Builder::new().name(format!("session-{session_id}")).spawn(move || {
             'calls: while let Some((call, payload, permit)) = call_rx.blocking_recv() {
                 let outcome = session.lock().handle(call, payload);
@@ -474,7 +475,7 @@ async fn run_lane(conn: &quinn::Connection, session: Session, mut send: quinn::S
                             Err(_) => break 'calls,
                         }
                     };
-                    if out_tx.send((msg, payload)).is_err() {
+                    if !replies.push((msg, payload)) {
                         break;
                     }
                 }
@@ -486,25 +487,28 @@ async fn run_lane(conn: &quinn::Connection, session: Session, mut send: quinn::S
     let writer = async {
         // Replies queued while the last write was under way go out together.
         let mut batch = frame::WriteBatch::default();
-        while let Some(first) = out_rx.recv().await {
-            let mut next = Some(first);
-            let mut replies = 0usize;
-            while let Some((msg, payload)) = next.take() {
-                batch.push(frame::encode(&msg, payload.len())?);
+        loop {
+            // Looked at each time the lane is polled (see `replies`), not only when woken.
+            std::future::poll_fn(|cx| replies.poll_ready(cx)).await;
+            let mut n = 0usize;
+            while batch.bytes() < (1 << 20) && n < 1024 {
+                let Some((msg, payload)) = replies.pop() else { break };
+                match frame::encode(&msg, payload.len()) {
+                    Ok(header) => batch.push(header),
+                    Err(e) => return Err(anyhow::Error::from(e)),
+                }
                 if !payload.is_empty() {
                     batch.push(payload);
                 }
-                replies += 1;
-                if batch.bytes() < (1 << 20) && replies < 1024 {
-                    next = out_rx.try_recv().ok();
-                }
+                n += 1;
             }
             let chunks = batch.chunks();
             let result = send.write_all_chunks(chunks).await;
             chunks.clear();
-            result?;
+            if let Err(e) = result {
+                return Err(anyhow::Error::from(e));
+            }
         }
-        anyhow::Ok(())
     };
     let reader = async {
         // The sans-IO decoder takes whatever the stream delivers (many small calls arrive in one
@@ -534,11 +538,10 @@ async fn run_lane(conn: &quinn::Connection, session: Session, mut send: quinn::S
                     }
                 };
                 if in_flight.load(Ordering::Acquire) == 0 && answers_inline(&call, &raw.payload, work_finishes_in_call) {
-                    // Inline answers carry no data (see answers_inline): nothing to budget.
-                    for (msg, payload) in session.lock().handle(call, raw.payload).messages {
-                        if out_tx.send((msg, payload)).is_err() {
-                            return Ok(());
-                        }
+                    // Inline answers carry no data (see answers_inline): nothing to budget. The
+                    // writer is polled right after this task's reader: no wake-up needed.
+                    for reply in session.lock().handle(call, raw.payload).messages {
+                        replies.push_here(reply);
                     }
                     continue;
                 }
@@ -551,7 +554,10 @@ async fn run_lane(conn: &quinn::Connection, session: Session, mut send: quinn::S
             }
         }
     };
+    // Biased: the writer is polled after the reader in every pass, so it sends what the
+    // reader answered in that pass (see `replies`).
     let result = tokio::select! {
+        biased;
         r = reader => r,
         w = writer => w,
         e = conn.closed() => Err(anyhow::anyhow!("{e}")),
@@ -559,6 +565,7 @@ async fn run_lane(conn: &quinn::Connection, session: Session, mut send: quinn::S
     // Dropping the channel ends the worker, which frees the session's resources; closing the
     // budget wakes it if it waits for replies quinn still holds (they go with the connection).
     drop(call_tx);
+    replies.close();
     reply_budget.close();
     let _ = tokio::task::spawn_blocking(move || worker.join()).await;
     result
