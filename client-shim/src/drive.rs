@@ -37,6 +37,22 @@ impl Waiter {
     pub fn wait<F: Future>(&self, reply: F) -> F::Output {
         self.drive.wait(&self.rt, reply)
     }
+
+    /// Runs `f` inside the connection's runtime when this thread may drive it, directly
+    /// otherwise. Why: a task woken from outside the runtime (the lane's writer, when a caller
+    /// hands it a frame) is queued remotely, and the runtime's driver is woken with a write to
+    /// its eventfd: one more system call per call (the raw quinn client makes none). Woken
+    /// inside, it waits in the runtime's own queue for the caller's next drive, which is when it
+    /// would have run anyway. When another thread drives, `block_on` polls `f` at once without
+    /// waiting for the runtime.
+    pub fn run_here<R>(&self, f: impl FnOnce() -> R) -> R {
+        if self.drive.callers_drive && tokio::runtime::Handle::try_current().is_err() {
+            if let Some(rt) = self.rt.upgrade() {
+                return rt.block_on(async move { f() });
+            }
+        }
+        f()
+    }
 }
 
 /// How often an otherwise idle I/O thread lets quinn's timers run.

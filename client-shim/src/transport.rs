@@ -205,7 +205,9 @@ impl Transport {
             return Err("connection lost".into());
         }
         self.waiter.drive.will_queue();
-        if self.tx.send(out).is_err() {
+        // A frame whose sender drives next is queued from inside the runtime (see run_here).
+        let sent = if waited { self.waiter.run_here(|| self.tx.send(out)) } else { self.tx.send(out) };
+        if sent.is_err() {
             self.waiter.drive.written(1);
             return Err("connection lost".into());
         }
