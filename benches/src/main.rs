@@ -510,6 +510,14 @@ fn print_levels(title: &str, levels: &[Level], sync: Summary, q: Summary) -> (Su
     (one, raw_one)
 }
 
+/// One level as JSON, its ratios against the single-client summaries `one` (cuwire) and
+/// `raw_one` (raw quinn).
+fn level_json((n, s, agg, r, raw_agg): &Level, one: Summary, raw_one: Summary) -> Value {
+    json!({ "clients": n, "latency": s.json(), "calls_per_s": agg, "p99_vs_single": s.p99 / one.p99.max(1e-9),
+        "raw_quinn": { "latency": r.json(), "calls_per_s": raw_agg, "p99_vs_single": r.p99 / raw_one.p99.max(1e-9) },
+        "p99_vs_raw_quinn": s.p99 / r.p99.max(1e-9) })
+}
+
 fn bench(mut args: RunArgs) -> Result<()> {
     let started = Instant::now();
     if !args.full {
@@ -582,12 +590,16 @@ fn bench(mut args: RunArgs) -> Result<()> {
     let io_thread = Summary::of(&stats::samples(&run_json(cmd, Duration::from_secs(600))?["ctx_synchronize"]));
 
     eprintln!("… concurrent clients");
+    // One level: cuwire's clients, then raw quinn's, the same way.
+    let level = |n: usize, per: usize, rate: f64| -> Result<Level> {
+        let (samples, agg) = concurrent(&pool, &shim, n, per, rate)?;
+        let (raw_samples, raw_agg) = concurrent_raw(&pool.certs, args.rtt, n, per, rate)?;
+        Ok((n, Summary::of(&samples), agg, Summary::of(&raw_samples), raw_agg))
+    };
     let mut levels = Vec::new();
     for &n in &args.clients {
         let per = if args.full { ops.min(ops * 16 / n.max(1)) } else { ops.min((ops * 4 / n.max(1)).max(100)) }.max(10);
-        let (samples, agg) = concurrent(&pool, &shim, n, per, 0.0)?;
-        let (raw_samples, raw_agg) = concurrent_raw(&pool.certs, args.rtt, n, per, 0.0)?;
-        levels.push((n, Summary::of(&samples), agg, Summary::of(&raw_samples), raw_agg));
+        levels.push(level(n, per, 0.0)?);
     }
     let mut paced = Vec::new();
     if args.pace > 0.0 {
@@ -595,9 +607,7 @@ fn bench(mut args: RunArgs) -> Result<()> {
         let per = ((args.pace * secs) as usize).max(10);
         eprintln!("… concurrent clients, paced at {} calls/s each", args.pace);
         for &n in &args.clients {
-            let (samples, agg) = concurrent(&pool, &shim, n, per, args.pace)?;
-            let (raw_samples, raw_agg) = concurrent_raw(&pool.certs, args.rtt, n, per, args.pace)?;
-            paced.push((n, Summary::of(&samples), agg, Summary::of(&raw_samples), raw_agg));
+            paced.push(level(n, per, args.pace)?);
         }
     }
     drop(pool);
@@ -810,15 +820,12 @@ fn bench(mut args: RunArgs) -> Result<()> {
                     "ratio_to_inproc": launch_rate / inp.launches_per_s },
         "bandwidth": bw_rows,
         "htod_async_pinned": apin,
-        "concurrency": levels.iter().map(|(n, s, agg, r, raw_agg)| json!({ "clients": n, "latency": s.json(), "calls_per_s": agg,
-            "p99_vs_single": s.p99 / one.p99.max(1e-9), "raw_quinn": { "latency": r.json(), "calls_per_s": raw_agg,
-            "p99_vs_single": r.p99 / raw_one.p99.max(1e-9) }, "p99_vs_raw_quinn": s.p99 / r.p99.max(1e-9) })).collect::<Vec<_>>(),
-        "concurrency_paced": { "calls_per_s_each": args.pace, "levels": paced.iter().map(|(n, s, agg, r, raw_agg)| {
+        "concurrency": levels.iter().map(|l| level_json(l, one, raw_one)).collect::<Vec<_>>(),
+        "concurrency_paced": { "calls_per_s_each": args.pace, "levels": paced.iter().map(|l| {
             let (p1, rp1) = paced_one.unwrap_or((one, raw_one));
-            json!({ "clients": n, "latency": s.json(), "calls_per_s": agg, "p99_vs_single": s.p99 / p1.p99.max(1e-9),
-                "p99_vs_single_back_to_back": s.p99 / one.p99.max(1e-9),
-                "raw_quinn": { "latency": r.json(), "calls_per_s": raw_agg, "p99_vs_single": r.p99 / rp1.p99.max(1e-9) },
-                "p99_vs_raw_quinn": s.p99 / r.p99.max(1e-9) })
+            let mut v = level_json(l, p1, rp1);
+            v["p99_vs_single_back_to_back"] = json!(l.1.p99 / one.p99.max(1e-9));
+            v
         }).collect::<Vec<_>>() },
         "baselines": {
             "quinn_pingpong": raw.quinn.iter().map(|(f, s)| (f.name().to_string(), s.json())).collect::<serde_json::Map<_, _>>(),

@@ -46,12 +46,10 @@ impl Waiter {
     /// would have run anyway. When another thread drives, `block_on` polls `f` at once without
     /// waiting for the runtime.
     pub fn run_here<R>(&self, f: impl FnOnce() -> R) -> R {
-        if self.drive.callers_drive && tokio::runtime::Handle::try_current().is_err() {
-            if let Some(rt) = self.rt.upgrade() {
-                return rt.block_on(async move { f() });
-            }
+        match self.drive.drivable(&self.rt) {
+            Some(rt) => rt.block_on(async move { f() }),
+            None => f(),
         }
-        f()
     }
 }
 
@@ -184,12 +182,21 @@ impl Drive {
         settle().await;
     }
 
+    /// The runtime, if this thread may drive it: callers drive (not `CUWIRE_IO_THREAD=1`), this
+    /// thread is not inside a runtime of its own (block_on would panic), and the I/O thread has
+    /// not dropped it.
+    fn drivable(&self, rt: &Weak<tokio::runtime::Runtime>) -> Option<Arc<tokio::runtime::Runtime>> {
+        if self.callers_drive && tokio::runtime::Handle::try_current().is_err() {
+            rt.upgrade()
+        } else {
+            None
+        }
+    }
+
     /// Waits for `reply`, driving the runtime on this thread where it can.
     pub fn wait<F: Future>(&self, rt: &Weak<tokio::runtime::Runtime>, reply: F) -> F::Output {
-        if self.callers_drive && tokio::runtime::Handle::try_current().is_err() {
-            if let Some(rt) = rt.upgrade() {
-                return rt.block_on(reply);
-            }
+        if let Some(rt) = self.drivable(rt) {
+            return rt.block_on(reply);
         }
         // Inside a runtime of the caller's own (block_on would panic), or the I/O thread's
         // runtime is gone: the I/O thread (or nobody, and then the reply fails) answers.
