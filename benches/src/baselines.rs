@@ -117,9 +117,9 @@ impl Tuning {
         Tuning::ALL.into_iter().find(|t| t.name() == s).with_context(|| format!("unknown tuning {s}"))
     }
 
-    /// A loopback endpoint with quinn's endpoint defaults, as cuwired and the shim use.
+    /// A loopback endpoint: quinn's endpoint defaults, or those of cuwired and the shim.
     fn endpoint(self, server: Option<quinn::ServerConfig>) -> Result<quinn::Endpoint> {
-        let cfg = quinn::EndpointConfig::default();
+        let cfg = if self == Tuning::Default { quinn::EndpointConfig::default() } else { cuwire_server::listener::endpoint_config() };
         let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
         Ok(quinn::Endpoint::new(cfg, server, socket, Arc::new(quinn::TokioRuntime))?)
     }
@@ -641,6 +641,44 @@ pub fn quinn_handoff_pingpong(certs: &Certs, addr: SocketAddr, warmup: usize, op
     drop(tx);
     io.join().map_err(|_| anyhow::anyhow!("I/O thread panicked"))??;
     Ok(samples)
+}
+
+/// One raw quinn bulk transfer at a time against a running `raw-server`, to look at the
+/// floor's CPU per byte outside the bench (`/usr/bin/time`, `perf`).
+#[derive(Debug, clap::Args)]
+pub struct RawBulkArgs {
+    #[arg(long)]
+    pub addr: SocketAddr,
+    /// Dev certificate directory.
+    #[arg(long)]
+    pub certs: PathBuf,
+    /// `up` or `down`.
+    #[arg(long)]
+    pub dir: String,
+    /// Bytes per transfer, e.g. 256MiB.
+    #[arg(long, value_parser = crate::stats::parse_size, default_value = "256MiB")]
+    pub bytes: usize,
+    /// Real buffers on both sides (`Data::Memory`) instead of one cached block.
+    #[arg(long)]
+    pub memory: bool,
+    #[arg(long, default_value_t = 6)]
+    pub repeat: usize,
+}
+
+/// Runs [`RawBulkArgs`]: prints one MB/s figure per transfer.
+pub fn raw_bulk(args: RawBulkArgs) -> Result<()> {
+    let certs = Certs::new(&args.certs);
+    let dir = match args.dir.as_str() {
+        "up" => Direction::Upload,
+        "down" => Direction::Download,
+        other => bail!("--dir {other}: up or down"),
+    };
+    let data = if args.memory { Data::Memory } else { Data::Block };
+    for _ in 0..args.repeat {
+        let r = quinn_bulk(&certs, args.addr, Tuning::Cuwire, dir, args.bytes, 1, data)?;
+        println!("{} {:.0} MB/s", args.dir, r / 1e6);
+    }
+    Ok(())
 }
 
 /// Which way bulk bytes flow.

@@ -47,6 +47,8 @@ enum Cmd {
     #[command(hide = true)]
     RawClient(baselines::RawClientArgs),
     #[command(hide = true)]
+    RawBulk(baselines::RawBulkArgs),
+    #[command(hide = true)]
     Relay(relay::RelayArgs),
 }
 
@@ -111,6 +113,7 @@ fn main() {
         Some(Cmd::Client(a)) => client::run(a),
         Some(Cmd::RawServer(a)) => baselines::raw_server(a),
         Some(Cmd::RawClient(a)) => baselines::raw_client(a),
+        Some(Cmd::RawBulk(a)) => baselines::raw_bulk(a),
         Some(Cmd::Relay(a)) => relay::run(a),
         None => bench(cli.run),
     };

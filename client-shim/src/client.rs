@@ -135,12 +135,13 @@ extern "C" fn forked_child() {
 }
 
 extern "C" fn at_exit() {
-    crate::stats::print();
     if let Some(c) = initialized() {
         if c.pid == std::process::id() {
             c.lane.transport().close();
         }
     }
+    // After the close, so that the connection's own figures are in.
+    crate::stats::print();
 }
 
 fn connect() -> Result<Client, CuError> {

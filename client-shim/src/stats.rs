@@ -18,6 +18,8 @@ struct Counts {
 }
 
 static COUNTS: Mutex<BTreeMap<&'static str, Counts>> = Mutex::new(BTreeMap::new());
+/// What QUIC said about the connection when its lane ended.
+static PATH: Mutex<Option<String>> = Mutex::new(None);
 
 pub fn enable_from_env() {
     if std::env::var("CUWIRE_STATS").map(|v| v == "1").unwrap_or(false) {
@@ -46,7 +48,20 @@ pub fn record_reply(function: &'static str, bytes_in: usize) {
     map.entry(function).or_default().bytes_in += bytes_in as u64;
 }
 
-/// Prints the summary on stderr (at exit).
+/// Keeps the connection's path figures for the summary: the MTU reached shows whether large
+/// datagrams are in use (see `limits::MAX_UDP_PAYLOAD`), lost packets whether the path drops.
+pub fn record_path(st: &quinn::ConnectionStats) {
+    if !ENABLED.load(Ordering::Relaxed) {
+        return;
+    }
+    let line = format!(
+        "path MTU {} bytes, RTT {:?}, {} datagrams sent ({} bytes), {} received ({} bytes), {} packets lost",
+        st.path.current_mtu, st.path.rtt, st.udp_tx.datagrams, st.udp_tx.bytes, st.udp_rx.datagrams, st.udp_rx.bytes, st.path.lost_packets
+    );
+    *PATH.lock().unwrap_or_else(|p| p.into_inner()) = Some(line);
+}
+
+/// Prints the summary on stderr (at exit, after the connection has ended).
 pub fn print() {
     if !ENABLED.load(Ordering::Relaxed) {
         return;
@@ -66,4 +81,7 @@ pub fn print() {
         "cuwire stats: {:<28} {:>10} {:>12} {:>14} {:>14}",
         "total", total.round_trips, total.fire_and_forget, total.bytes_out, total.bytes_in
     );
+    if let Some(path) = PATH.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        eprintln!("cuwire stats: connection: {path}");
+    }
 }

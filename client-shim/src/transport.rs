@@ -412,7 +412,12 @@ async fn handshake(
     tls: rustls::ClientConfig,
 ) -> Result<(quinn::Endpoint, quinn::Connection, quinn::SendStream, quinn::RecvStream, Welcome), String> {
     let bind: SocketAddr = if addr.is_ipv6() { "[::]:0".parse().unwrap() } else { "0.0.0.0:0".parse().unwrap() };
-    let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+    let socket = std::net::UdpSocket::bind(bind).map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+    let runtime = quinn::default_runtime().ok_or("no tokio runtime for the connection")?;
+    // Datagrams up to limits::MAX_UDP_PAYLOAD accepted, so the server's MTU discovery may use them.
+    let mut endpoint_cfg = quinn::EndpointConfig::default();
+    endpoint_cfg.max_udp_payload_size(cuwire_protocol::limits::MAX_UDP_PAYLOAD).map_err(|e| e.to_string())?;
+    let mut endpoint = quinn::Endpoint::new(endpoint_cfg, None, socket, runtime).map_err(|e| format!("cannot open a UDP socket: {e}"))?;
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
     let mut client_cfg = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
@@ -463,7 +468,10 @@ async fn run_lane(
     dead: Arc<DeadFlag>,
     drive: Arc<Drive>,
 ) {
+    let stats_of = conn.clone();
     lane(endpoint, conn, send, recv, rx, shutdown, dead, &drive).await;
+    crate::stats::record_path(&stats_of.stats());
+    drop(stats_of);
     drive.set_over();
 }
 

@@ -42,6 +42,28 @@ fn async_device_to_host_copies_into_page_locked_memory_do_not_wait() {
     let n: u64 = (64 << 20) + 12345;
     assert_eq!(fields[3..5], ["0", "69"], "{line}");
     assert_eq!(fields[6], (4 * n - 4096).to_string(), "{line}");
+    // Path-MTU discovery went past an Ethernet frame on loopback: both ends accept large
+    // datagrams (quinn's default, 1472, would cap it there).
+    let path = out.stderr.lines().find(|l| l.contains("connection: path MTU")).unwrap_or_else(|| panic!("no path line\n{out}"));
+    let mtu: u32 = path.split_whitespace().nth(5).and_then(|m| m.parse().ok()).unwrap_or_else(|| panic!("{path}"));
+    assert!(mtu > 1472, "{path}");
+    // And the server's, towards the client (which the client's endpoint settings allow).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let log = loop {
+        let log = server.log();
+        if log.contains("session closed") || std::time::Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let closed = log.lines().find(|l| l.contains("session closed")).unwrap_or_else(|| panic!("no session end\n{log}"));
+    let mtu: u32 = closed
+        .split("mtu=")
+        .nth(1)
+        .and_then(|m| m.split_whitespace().next())
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("{closed}"));
+    assert!(mtu > 1472, "{closed}");
 }
 
 /// Threads of one process calling at once, each checking its own results (e2e/clients/threads.c):

@@ -19,9 +19,16 @@ pub const MAX_COPY_ROWS: u64 = 1 << 20;
 pub const MAX_MEM_POOLS: usize = 1024;
 /// The longest module-load log a session keeps for its client.
 pub const MAX_LOAD_LOG: usize = 16 << 10;
-/// The largest UDP payload QUIC's path-MTU discovery probes for (quinn's default stops at
-/// 1452, an Ethernet frame). Loopback and jumbo-frame links then carry larger packets, and
-/// quinn's work per packet (header protection, one AEAD call, acknowledgements, pacing) is
-/// spent once per 16 KiB instead of once per 1.4 KiB: 256 MiB copies over loopback went from
-/// 0.44–0.66 to 0.69–0.76 GB/s. A path with a smaller MTU is found by the probes getting lost.
-pub const MAX_UDP_PAYLOAD: u16 = 16 << 10;
+/// The largest UDP payload QUIC's path-MTU discovery probes for, and the largest either side
+/// accepts (the `max_udp_payload_size` transport parameter, which caps what the peer's discovery
+/// may reach: quinn advertises 1472 by default, so a higher probe bound alone does nothing).
+/// Loopback and jumbo-frame links then carry larger packets, and quinn's work per packet
+/// (header protection, one AEAD call, acknowledgements, pacing) is spent once per 6.5 KB instead
+/// of once per 1.4 KB. Not larger: quinn hands the kernel up to 10 packets in one UDP GSO send,
+/// whose datagrams together must fit in one 64 KiB IP packet; beyond 6,550 bytes those sends fail,
+/// the lost probes read as a black hole and quinn falls back to 1,200 bytes. Raw quinn bulk
+/// transfers of 256 MiB over loopback on the 2-core machine (`cuwire-bench raw-bulk`, alternating):
+/// 683–911 MB/s up and 659–837 down at 1472, 1.3–2.0 GB/s and 1.2–1.6 GB/s at 6500, and at
+/// 8952 the fall-back to 1200 (222–470 MB/s). A path with a smaller MTU is found by the probes
+/// getting lost.
+pub const MAX_UDP_PAYLOAD: u16 = 6500;

@@ -89,9 +89,17 @@ fn shared_port_socket(addr: SocketAddr) -> Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
+/// quinn's endpoint defaults, except that datagrams up to `limits::MAX_UDP_PAYLOAD` are accepted
+/// (and so may be sent by the peer).
+pub fn endpoint_config() -> quinn::EndpointConfig {
+    let mut cfg = quinn::EndpointConfig::default();
+    cfg.max_udp_payload_size(cuwire_protocol::limits::MAX_UDP_PAYLOAD).expect("MAX_UDP_PAYLOAD is within QUIC's bounds");
+    cfg
+}
+
 /// A server endpoint on `socket`, registered with the current runtime (whose thread then runs it).
 fn endpoint_on(socket: std::net::UdpSocket, server: quinn::ServerConfig) -> std::io::Result<quinn::Endpoint> {
-    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, Arc::new(quinn::TokioRuntime))
+    quinn::Endpoint::new(endpoint_config(), Some(server), socket, Arc::new(quinn::TokioRuntime))
 }
 
 /// What every endpoint's accept loop shares: the pool and the two connection limits.
@@ -166,7 +174,8 @@ impl Listener {
             server.migration(false);
         }
         let (endpoint, more) = if threads == 1 {
-            (quinn::Endpoint::server(server.clone(), cfg.listen).with_context(|| format!("binding {}", cfg.listen))?, Vec::new())
+            let socket = std::net::UdpSocket::bind(cfg.listen).with_context(|| format!("binding {}", cfg.listen))?;
+            (endpoint_on(socket, server.clone())?, Vec::new())
         } else {
             let first = shared_port_socket(cfg.listen)?;
             // Port 0 asks for a free port: the others join the one the first got.
@@ -403,9 +412,13 @@ async fn connection(incoming: quinn::Incoming, endpoint: usize, shared: Arc<Shar
     let session = Session::with_pool(id, tenant.clone(), pool.clone(), admitted.devices);
     let result = run_lane(&conn, session, send, recv).await;
     pool.leave(id);
+    // The path MTU shows whether large datagrams are in use (limits::MAX_UDP_PAYLOAD), the
+    // lost packets whether the path or a socket buffer drops.
+    let path = conn.stats().path;
+    let (mtu, lost) = (path.current_mtu, path.lost_packets);
     match &result {
-        Ok(()) => tracing::info!(session = id, %tenant, "session closed"),
-        Err(e) => tracing::info!(session = id, %tenant, "session ended: {e:#}"),
+        Ok(()) => tracing::info!(session = id, %tenant, mtu, lost, "session closed"),
+        Err(e) => tracing::info!(session = id, %tenant, mtu, lost, "session ended: {e:#}"),
     }
     Ok(())
 }
