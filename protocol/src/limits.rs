@@ -32,3 +32,6 @@ pub const MAX_LOAD_LOG: usize = 16 << 10;
 /// 8952 the fall-back to 1200 (222–470 MB/s). A path with a smaller MTU is found by the probes
 /// getting lost.
 pub const MAX_UDP_PAYLOAD: u16 = 6500;
+// The bound of the GSO sends above: quinn's 10 datagrams per send in one IPv4 packet, and
+// QUIC's smallest allowed datagram.
+const _: () = assert!(MAX_UDP_PAYLOAD >= 1200 && MAX_UDP_PAYLOAD as u32 * 10 <= 65_507);
