@@ -247,6 +247,19 @@ impl Server {
             .unwrap_or_else(|e| format!("(cannot read {}: {e})", self.log_path.display()))
     }
 
+    /// The log as soon as `ready` holds for it, or as it is once `timeout` has passed (the
+    /// caller asserts what it needed).
+    pub fn log_once(&self, timeout: Duration, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            if ready(&log) || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The server's process id (to read `/proc/<pid>/status`).
     pub fn pid(&self) -> u32 {
         self.child.lock().unwrap_or_else(|e| e.into_inner()).id()

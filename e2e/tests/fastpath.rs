@@ -48,14 +48,7 @@ fn async_device_to_host_copies_into_page_locked_memory_do_not_wait() {
     let mtu: u32 = path.split_whitespace().nth(5).and_then(|m| m.parse().ok()).unwrap_or_else(|| panic!("{path}"));
     assert!(mtu > 1472, "{path}");
     // And the server's, towards the client (which the client's endpoint settings allow).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let log = loop {
-        let log = server.log();
-        if log.contains("session closed") || std::time::Instant::now() > deadline {
-            break log;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let log = server.log_once(std::time::Duration::from_secs(10), |log| log.contains("session closed"));
     let closed = log.lines().find(|l| l.contains("session closed")).unwrap_or_else(|| panic!("no session end\n{log}"));
     let mtu: u32 = closed
         .split("mtu=")
